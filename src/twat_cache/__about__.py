@@ -1,0 +1,3 @@
+"""Version of twat-cache."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""Warnings aimed at the user's own line, and cache faults reported once, not once per call."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+from twat_cache.exceptions import CacheFaultWarning, CacheWarning
+from twat_cache.logging import logger
+
+__all__ = ["FaultReporter", "warn"]
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _user_stacklevel() -> int:
+    # Point the warning at the first frame outside twat_cache (the user's decoration or
+    # call), however deep inside the package it was raised.
+    level = 1
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]  # None ends the loop
+        level += 1
+    return level
+
+
+def warn(message: str, category: type[Warning] = CacheWarning) -> None:
+    """Emit a warning attributed to the user's code, and log it."""
+    logger.warning(message)
+    warnings.warn(message, category, stacklevel=_user_stacklevel())
+
+
+class FaultReporter:
+    """Reports each kind of fault of one cache once: the first occurrence warns, later ones
+    are only counted (a failing backend must not flood the application with warnings)."""
+
+    __slots__ = ("_lock", "_seen", "count", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+        self._seen: set[tuple[str, type[BaseException]]] = set()
+        self._lock = threading.Lock()
+
+    def report(self, operation: str, exc: BaseException) -> None:
+        kind = (operation, type(exc))
+        with self._lock:
+            self.count += 1
+            first = kind not in self._seen
+            self._seen.add(kind)
+        if first:
+            logger.opt(exception=exc).warning(
+                "cache {} failed to {}: {!r}; going on without the cache", self.name, operation, exc
+            )
+            warnings.warn(
+                f"twat_cache: cache {self.name!r} failed to {operation} ({type(exc).__name__}: "
+                f"{exc}); the call goes on without the cache (reported once)",
+                CacheFaultWarning,
+                stacklevel=_user_stacklevel(),
+            )
+
+    def reset(self) -> None:
+        with self._lock:
+            self._seen.clear()
+            self.count = 0

@@ -1,0 +1,321 @@
+"""The one wrapper: sync and async factories shared by every decorator and engine.
+
+The hit path lives here alone. Like dataclasses and attrs, the wrapper is generated
+source with the decorated function's own parameters, so a call binds its arguments
+natively (no `*args, **kwargs` packing, no `inspect` at call time), positional and
+keyword passing give the same key, and the key expression is chosen once.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import keyword
+from collections.abc import Callable
+from typing import Any
+
+from twat_cache._flight import CallState
+from twat_cache.config import CacheConfig
+from twat_cache.engines.base import MISS
+from twat_cache.exceptions import ConfigurationError
+from twat_cache.keys import FAST_TYPES, Ident, make_normalizer, stable_digest
+from twat_cache._types import CacheInfo
+
+__all__ = ["wrap"]
+
+_P = "__twat_"  # prefix of every name the generated code uses besides the parameters
+
+_SYNC_BODY = """
+    try:
+        __twat_k = {key}
+        __twat_v = __twat_get(__twat_k, __twat_MISS)
+    except Exception as __twat_e:
+        return __twat_state.fault(__twat_e, lambda: __twat_func({call}))
+    if __twat_v is not __twat_MISS:
+        __twat_hits += 1
+        return __twat_v
+    return __twat_state.miss(__twat_k, lambda: __twat_func({call}))
+"""
+
+_ASYNC_BODY = """
+    try:
+        __twat_k = {key}
+        __twat_v = {await_}__twat_get(__twat_k, __twat_MISS)
+    except Exception as __twat_e:
+        return await __twat_state.afault(__twat_e, lambda: __twat_func({call}))
+    if __twat_v is not __twat_MISS:
+        __twat_hits += 1
+        return __twat_v
+    return await __twat_state.amiss(__twat_k, lambda: __twat_func({call}))
+"""
+
+_FACTORY = """
+def __twat_factory({cells}):
+    __twat_hits = 0
+
+    {async_}def {name}({params}):
+        nonlocal __twat_hits
+{body}
+    def __twat_key({params}):
+        return {key}
+
+    def __twat_count(reset):
+        nonlocal __twat_hits
+        hits = __twat_hits
+        if reset:
+            __twat_hits = 0
+        return hits
+
+    return {name}, __twat_key, __twat_count
+"""
+
+
+class _Plan:
+    """The pieces of generated source for one function: parameters, call, key."""
+
+    def __init__(self) -> None:
+        self.params: list[str] = []
+        self.call: list[str] = []
+        self.key_parts: list[str] = []
+        self.key_values: list[str] = []  # plain values, for stable digests
+        self.key_names: list[str] = []
+        self.varargs: str | None = None
+        self.varkw: str | None = None
+        self.single = False  # the key is one fixed parameter's part, not a tuple
+        self.namespace: dict[str, Any] = {}
+
+
+def _part(name: str, *, is_self: bool) -> str:
+    if is_self:
+        # Instances are keyed by identity: two instances never share an entry.
+        return f"({name} if type({name}).__eq__ is __twat_objeq else __twat_Ident({name}))"
+    return f"({name} if type({name}) in __twat_FAST else __twat_n({name}))"
+
+
+def _plan(func: Callable[..., Any], config: CacheConfig) -> _Plan:
+    plan = _Plan()
+    ignore = set(config.ignore)
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        signature = None
+    params = list(signature.parameters.values()) if signature is not None else []
+    usable = signature is not None and all(
+        p.name.isidentifier() and not keyword.iskeyword(p.name) and not p.name.startswith(_P)
+        for p in params
+    )
+    if not usable:
+        if ignore:
+            raise ConfigurationError(
+                f"ignore={config.ignore} needs the signature of {func!r}, which is unavailable"
+            )
+        params = [
+            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+    names = {p.name for p in params}
+    unknown = ignore - names
+    has_varkw = any(p.kind is p.VAR_KEYWORD for p in params)
+    if unknown and not has_varkw:
+        raise ConfigurationError(
+            f"ignore names {sorted(unknown)}, which are not parameters of "
+            f"{getattr(func, '__qualname__', func)}{signature}"
+        )
+    plan.namespace["__twat_kwignore"] = frozenset(unknown)
+
+    star_written = False
+    for index, p in enumerate(params):
+        name = p.name
+        default = ""
+        if p.default is not p.empty:
+            default_name = f"{_P}d{index}"
+            plan.namespace[default_name] = p.default
+            default = f"={default_name}"
+        if p.kind is p.VAR_POSITIONAL:
+            plan.params.append(f"*{name}")
+            plan.call.append(f"*{name}")
+            star_written = True
+            if name not in ignore:
+                plan.varargs = name
+        elif p.kind is p.VAR_KEYWORD:
+            plan.params.append(f"**{name}")
+            plan.call.append(f"**{name}")
+            if name not in ignore:
+                plan.varkw = name
+        else:
+            if p.kind is p.KEYWORD_ONLY and not star_written:
+                plan.params.append("*")
+                star_written = True
+            plan.params.append(name + default)
+            if p.kind is p.KEYWORD_ONLY:
+                plan.call.append(f"{name}={name}")
+            else:
+                plan.call.append(name)
+            if p.kind is p.POSITIONAL_ONLY and (
+                index + 1 == len(params) or params[index + 1].kind is not p.POSITIONAL_ONLY
+            ):
+                plan.params.append("/")
+            if name not in ignore:
+                is_self = index == 0 and name == "self" and p.kind is not p.KEYWORD_ONLY
+                plan.key_parts.append(_part(name, is_self=is_self))
+                plan.key_values.append(name)
+                plan.key_names.append(name)
+    plan.single = len(plan.key_parts) == 1 and plan.varargs is None and plan.varkw is None
+    return plan
+
+
+def _key_source(plan: _Plan, config: CacheConfig, stable: bool) -> str:
+    call = ", ".join(plan.call)
+    if config.key is not None:
+        return f"__twat_userkey({call})"
+    if stable:
+        values = [*plan.key_values]
+        if plan.varargs:
+            values.append(f"*{plan.varargs}")
+        kwargs = f"__twat_kwfilter({plan.varkw})" if plan.varkw else "None"
+        return f"__twat_stable(({', '.join(values)}{',' if values else ''}), {kwargs})"
+    if plan.single:
+        return plan.key_parts[0]
+    parts = [*plan.key_parts]
+    if plan.varargs:
+        parts.append(f"*map(__twat_n, {plan.varargs})")
+    if plan.varkw:
+        parts.append(f"__twat_kwkey({plan.varkw})")
+    if not parts:
+        return "()"
+    return f"({', '.join(parts)},)"
+
+
+def wrap(
+    func: Callable[..., Any], engine: Any, config: CacheConfig, *, name: str, is_async: bool
+) -> Any:
+    """Return the cached version of `func` storing into `engine` (sync or async wrapper)."""
+    if config.key is not None and config.ignore:
+        raise ConfigurationError("ignore= has no effect with key=: build the key without them")
+    plan = _plan(func, config)
+    stable = engine.capabilities.stable_keys
+    state = CallState(engine, name=name, lock=config.lock, fallback=config.fallback)
+    norm = make_normalizer(config.typed)
+    fast = FAST_TYPES if config.typed else FAST_TYPES | {float, bool}
+    kwignore = plan.namespace["__twat_kwignore"]
+    namespace_id = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', '?')}"
+
+    def kwfilter(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in kwargs.items() if k not in kwignore}
+
+    def kwkey(kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, norm(v)) for k, v in kwargs.items() if k not in kwignore))
+
+    def stable_key(values: tuple[Any, ...], kwargs: dict[str, Any] | None) -> str:
+        return stable_digest(namespace_id, values, kwargs, names=tuple(plan.key_names))
+
+    user_key = config.key
+
+    def userkey(*args: Any, **kwargs: Any) -> Any:
+        key = user_key(*args, **kwargs)  # type: ignore[misc]  # checked not None above
+        if stable:
+            return stable_digest(namespace_id, (key,))
+        return key if type(key) in fast else norm(key)
+
+    plan.namespace.update(
+        __twat_func=func,
+        __twat_get=engine.aget if is_async and engine.capabilities.async_native else engine.get,
+        __twat_MISS=MISS,
+        __twat_state=state,
+        __twat_FAST=fast,
+        __twat_n=norm,
+        __twat_objeq=object.__eq__,
+        __twat_Ident=Ident,
+        __twat_kwkey=kwkey,
+        __twat_kwfilter=kwfilter,
+        __twat_stable=stable_key,
+        __twat_userkey=userkey,
+    )
+    key = _key_source(plan, config, stable)
+    call = ", ".join(plan.call)
+    body = (_ASYNC_BODY if is_async else _SYNC_BODY).format(
+        key=key,
+        call=call,
+        await_="await " if is_async and engine.capabilities.async_native else "",
+    )
+    func_name = getattr(func, "__name__", "")
+    if not func_name.isidentifier() or keyword.iskeyword(func_name) or func_name.startswith(_P):
+        func_name = "cached"
+    if any(p.lstrip("*").split("=")[0] == func_name for p in plan.params):
+        func_name = f"{_P}wrapper"
+    source = _FACTORY.format(
+        cells=", ".join(plan.namespace),
+        async_="async " if is_async else "",
+        name=func_name,
+        params=", ".join(plan.params),
+        body=body.replace("\n    ", "\n        "),
+        key=key,
+    )
+    scope: dict[str, Any] = {}
+    filename = f"<twat_cache wrapper of {namespace_id}>"
+    exec(compile(source, filename, "exec"), scope)  # noqa: S102  # source built above from parameter names only
+    wrapper, key_of, count_hits = scope["__twat_factory"](**plan.namespace)
+    functools.update_wrapper(wrapper, func)
+    _attach(wrapper, key_of, count_hits, state, engine, config, name)
+    return wrapper
+
+
+def _attach(
+    wrapper: Any,
+    key_of: Callable[..., Any],
+    count_hits: Callable[[bool], int],
+    state: CallState,
+    engine: Any,
+    config: CacheConfig,
+    name: str,
+) -> None:
+    async_engine = engine.capabilities.async_native
+
+    def cache_info() -> CacheInfo:
+        """Hits, misses, maxsize and current size, like functools' `cache_info()`."""
+        return CacheInfo(
+            count_hits(False) + state.shared_hits, state.misses, engine.maxsize, len(engine)
+        )
+
+    def cache_clear() -> None:
+        """Remove every entry of this cache and reset its statistics."""
+        engine.clear()
+        count_hits(True)
+        state.reset()
+
+    async def acache_clear() -> None:
+        """`cache_clear` for async engines: awaits the engine's own clear."""
+        if async_engine:
+            await engine.aclear()
+        else:
+            engine.clear()
+        count_hits(True)
+        state.reset()
+
+    def cache_delete(*args: Any, **kwargs: Any) -> bool:
+        """Delete the entry these arguments would use; True if there was one."""
+        return bool(engine.delete(key_of(*args, **kwargs)))
+
+    async def acache_delete(*args: Any, **kwargs: Any) -> bool:
+        """`cache_delete` for async engines."""
+        key = key_of(*args, **kwargs)
+        return bool(await engine.adelete(key) if async_engine else engine.delete(key))
+
+    def cache_parameters() -> dict[str, Any]:
+        """The resolved configuration, plus the engine serving it and the registry name."""
+        return {
+            **config.model_dump(),
+            "maxsize": engine.maxsize,
+            "engine": engine.name,
+            "name": name,
+        }
+
+    wrapper.cache_info = cache_info
+    wrapper.cache_clear = cache_clear
+    wrapper.acache_clear = acache_clear
+    wrapper.cache_delete = cache_delete
+    wrapper.acache_delete = acache_delete
+    wrapper.cache_key = key_of
+    wrapper.cache_parameters = cache_parameters
+    wrapper.cache_engine = engine
+    wrapper.cache_name = name

@@ -1,0 +1,241 @@
+"""CacheConfig: the frozen, validated configuration every decorator resolves once."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Hashable, Iterable
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "DEFAULT_MAXSIZE",
+    "CacheConfig",
+    "Policy",
+    "create_cache_config",
+    "parse_size",
+    "parse_ttl",
+]
+
+Policy = Literal["lru", "lfu", "fifo", "rr", "ttl"]
+
+#: Entries kept by a memory engine when `maxsize` is not given (lru_cache keeps 128;
+#: a cache meant to be reached for first should hold a realistic working set).
+DEFAULT_MAXSIZE = 1024
+
+_TTL_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_TTL_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_ttl(value: object) -> float | None:
+    """Seconds from an int/float, a `timedelta` or a string such as ``"90s"`` or ``"1h30m"``.
+
+    >>> parse_ttl("1h30m"), parse_ttl(timedelta(minutes=2)), parse_ttl(None)
+    (5400.0, 120.0, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("ttl must be a number of seconds, a timedelta or a string like '90s'")
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _TTL_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(
+                    f"ttl {value!r} is not a duration: use seconds or units ms/s/m/h/d/w "
+                    "such as '90s', '1h30m' or '2d'"
+                ) from None
+            seconds = sum(float(n) * _TTL_UNITS[u] for n, u in parts)
+    else:
+        raise ValueError(f"ttl must be seconds, a timedelta or a string, not {type(value).__name__}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"ttl must be a finite number of seconds greater than 0, got {value!r}")
+    return seconds
+
+
+def parse_size(value: object) -> int | ByteSize | None:
+    """Entries as a non-negative int, or bytes (a `ByteSize`) from a string like ``"500MB"``.
+
+    >>> parse_size(128), int(parse_size("2GiB")), parse_size(None)
+    (128, 2147483648, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(
+            f"maxsize must be a number of entries (int >= 0), None, or a byte size "
+            f"such as '500MB', not {type(value).__name__}"
+        )
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"maxsize must be >= 0, got {value}")
+        return value
+    match = _SIZE.fullmatch(value.strip())
+    if not match:
+        raise ValueError(f"maxsize {value!r} is not a size: use an int or units like '500MB', '2GiB'")
+    number, unit = match.groups()
+    return ByteSize(int(float(number) * _SIZE_UNITS[unit.lower()]))
+
+
+class CacheConfig(BaseModel):
+    """Validated settings for one cached function or one `CacheContext`.
+
+    Built once, at decoration time; a bad value raises pydantic's `ValidationError`
+    naming the field, a bad combination raises `ConfigurationError`.
+
+    >>> cfg = CacheConfig(maxsize=256, ttl="5m")
+    >>> cfg.ttl, cfg.policy
+    (300.0, 'ttl')
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True
+    )
+
+    maxsize: int | None = Field(
+        default=DEFAULT_MAXSIZE,
+        description="Entries kept (memory), or bytes such as '500MB' (disk); None = unbounded, "
+        "0 = no caching. Unset: the engine's own default bound.",
+    )
+    ttl: float | None = Field(
+        default=None, description="Seconds an entry lives: number, timedelta or '1h30m'."
+    )
+    policy: Policy = Field(default="lru", description="Eviction policy: lru, lfu, fifo, rr, ttl.")
+    folder_name: str | None = Field(default=None, description="Folder of a persistent cache.")
+    cache_engine: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("cache_engine", "preferred_engine"),
+        description="Engine to try first: a library name or memory/disk/file/async/redis.",
+    )
+    key: Callable[..., Hashable] | None = Field(
+        default=None, description="Custom key function, called with the function's arguments."
+    )
+    ignore: tuple[str, ...] = Field(
+        default=(), description="Parameter names left out of the key."
+    )
+    typed: bool = Field(default=True, description="1, 1.0, True and '1' are different keys.")
+    lock: bool = Field(default=True, description="Stampede protection: one computation per key.")
+    fallback: bool = Field(default=True, description="A cache fault never fails the call.")
+    serializer: Literal["pickle", "json"] = Field(
+        default="pickle", description="Payload format of persistent and remote engines."
+    )
+    compress: Literal["zlib", "lzma"] | None = Field(
+        default=None,
+        validation_alias=AliasChoices("compress", "compression"),
+        description="Payload compression: True (zlib), 'zlib' or 'lzma'.",
+    )
+    secure: bool = Field(default=True, description="Signed payloads and private directories.")
+    name: str | None = Field(default=None, description="Registry name; default module.qualname.")
+    url: str | None = Field(default=None, description="redis://... URL of a remote cache.")
+
+    @field_validator("maxsize", mode="plain")
+    @classmethod
+    def _check_maxsize(cls, value: object) -> int | None:
+        return parse_size(value)
+
+    @field_validator("ttl", mode="plain")
+    @classmethod
+    def _check_ttl(cls, value: object) -> float | None:
+        return parse_ttl(value)
+
+    @field_validator("compress", mode="before")
+    @classmethod
+    def _check_compress(cls, value: object) -> object:
+        if value is True:
+            return "zlib"
+        if value is False:
+            return None
+        return value
+
+    @field_validator("ignore", mode="before")
+    @classmethod
+    def _check_ignore(cls, value: object) -> object:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, Iterable):
+            return tuple(value)
+        return value
+
+    @field_validator("key", mode="plain")
+    @classmethod
+    def _check_key(cls, value: object) -> object:
+        if value is not None and not callable(value):
+            raise ValueError(f"key must be a callable building the key, not {type(value).__name__}")
+        return value
+
+    @field_validator("folder_name", "cache_engine", "name", "url")
+    @classmethod
+    def _non_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> CacheConfig:
+        # Imported here: exceptions is light, but keep config importable on its own.
+        from twat_cache.exceptions import ConfigurationError
+
+        if self.policy == "ttl" and self.ttl is None:
+            raise ConfigurationError("policy='ttl' needs a ttl (for example ttl='10m')")
+        if self.ttl is not None and "policy" not in self.model_fields_set:
+            # A ttl without an explicit policy asks for expiry-driven eviction; an explicit
+            # policy together with a ttl must be served exactly (e.g. LRU with expiry).
+            object.__setattr__(self, "policy", "ttl")
+        if len(set(self.ignore)) != len(self.ignore):
+            raise ConfigurationError(f"ignore lists a parameter twice: {self.ignore}")
+        return self
+
+    @property
+    def maxsize_given(self) -> bool:
+        """Whether `maxsize` was set by the user rather than left at the default."""
+        return "maxsize" in self.model_fields_set
+
+    @property
+    def size_in_bytes(self) -> bool:
+        """Whether `maxsize` counts bytes (it was given as a string like '500MB')."""
+        return isinstance(self.maxsize, ByteSize)
+
+    def merged(self, **overrides: Any) -> CacheConfig:
+        """A new config: this one's explicitly set fields, then `overrides`, validated again."""
+        # Only explicitly set fields are carried over, so derived values (a ttl-driven
+        # policy) are derived again from the merged settings.
+        base = {name: getattr(self, name) for name in self.model_fields_set}
+        return CacheConfig.model_validate({**base, **overrides})
+
+
+def create_cache_config(**options: Any) -> CacheConfig:
+    """Validate keyword options into a `CacheConfig` (aliases like ``preferred_engine`` accepted).
+
+    >>> create_cache_config(preferred_engine="cachetools", maxsize=10).cache_engine
+    'cachetools'
+    """
+    return CacheConfig.model_validate(options)

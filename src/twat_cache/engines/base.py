@@ -1,0 +1,208 @@
+"""The engine contract: key-value stores behind the one wrapper, their capabilities, and MISS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
+
+from twat_cache.config import DEFAULT_MAXSIZE, CacheConfig
+from twat_cache.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "MISS",
+    "ALL_POLICIES",
+    "AsyncCacheEngineProtocol",
+    "BaseEngine",
+    "Capabilities",
+    "CacheEngineProtocol",
+    "NullEngine",
+]
+
+
+class _Miss:
+    """The type of `MISS`; one instance exists."""
+
+    __slots__ = ()
+    _instance: ClassVar[_Miss | None] = None
+
+    def __new__(cls) -> _Miss:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "MISS"
+
+
+#: What `engine.get(key, MISS)` returns for an absent entry, so that `None` is a value.
+MISS: Final = _Miss()
+
+ALL_POLICIES: frozenset[str] = frozenset({"lru", "lfu", "fifo", "rr", "ttl"})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; the manager and the wrapper read it at decoration time."""
+
+    #: Eviction policies served (`CacheConfig.policy` values).
+    policies: frozenset[str] = frozenset({"lru"})
+    #: Entries can expire (a `ttl`), including per-entry ttl in `set(key, value, ttl)`.
+    ttl: bool = False
+    #: Entries survive the process.
+    persistent: bool = False
+    #: Entries are visible to other processes (so keys must be stable digests).
+    shared: bool = False
+    #: Safe to call from many threads at once (the engine locks inside if it must).
+    thread_safe: bool = True
+    #: Implements `aget`/`aset`/...; the async wrapper awaits those instead of `get`/`set`.
+    async_native: bool = False
+    #: Values are serialized (so they must be picklable or JSON-able).
+    needs_serialization: bool = False
+    #: `maxsize` may be a byte size ("500MB").
+    byte_limits: bool = False
+
+    @property
+    def stable_keys(self) -> bool:
+        """Whether keys must be identical across processes (persistent or shared engines)."""
+        return self.persistent or self.shared
+
+
+@runtime_checkable
+class CacheEngineProtocol(Protocol):
+    """A synchronous key-value store the wrapper can cache into.
+
+    `get` returns `default` for an absent or expired entry; the wrapper passes `MISS`
+    as the default, so a stored `None` is a hit.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None: ...
+    def delete(self, key: Any) -> bool: ...
+    def clear(self) -> None: ...
+    def exists(self, key: Any) -> bool: ...
+    def __len__(self) -> int: ...
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncCacheEngineProtocol(Protocol):
+    """The async twin of `CacheEngineProtocol`, for engines whose I/O is awaited."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    async def aget(self, key: Any, default: Any = None) -> Any: ...
+    async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None: ...
+    async def adelete(self, key: Any) -> bool: ...
+    async def aclear(self) -> None: ...
+    async def aexists(self, key: Any) -> bool: ...
+    async def aclose(self) -> None: ...
+
+
+class BaseEngine:
+    """Shared plumbing for engine classes: config, bounds, `in`, context manager, repr.
+
+    Subclasses set `name` and `capabilities`, may override `unsupported` to refuse a
+    configuration they cannot serve exactly, and implement the store operations.
+    """
+
+    name: ClassVar[str] = "base"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, config: CacheConfig | None = None) -> None:
+        self.config = config if config is not None else CacheConfig()
+
+    @classmethod
+    def unsupported(cls, config: CacheConfig) -> str | None:
+        """Why this engine cannot serve `config` exactly, or None when it can."""
+        if config.policy not in cls.capabilities.policies:
+            return f"{cls.name} has no {config.policy!r} policy"
+        if config.ttl is not None and not cls.capabilities.ttl:
+            return f"{cls.name} cannot expire entries (ttl)"
+        if config.size_in_bytes and not cls.capabilities.byte_limits:
+            return f"{cls.name} counts entries, so maxsize must be an int, not {config.maxsize}"
+        return None
+
+    @property
+    def maxsize(self) -> int | None:
+        """The bound in force: the configured maxsize, or the default when none was given."""
+        return self.config.maxsize if self.config.maxsize_given else DEFAULT_MAXSIZE
+
+    def _check_ttl(self, ttl: float | None) -> float | None:
+        if ttl is None:
+            return self.config.ttl
+        if not self.capabilities.ttl:
+            raise ConfigurationError(
+                f"the {self.name} engine was built without expiry; set ttl in its config "
+                f"(or policy='ttl') to store entries with a ttl"
+            )
+        if not ttl > 0:
+            raise ConfigurationError(f"ttl must be greater than 0 seconds, got {ttl!r}")
+        return ttl
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        raise NotImplementedError
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        raise NotImplementedError
+
+    def delete(self, key: Any) -> bool:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def exists(self, key: Any) -> bool:
+        return self.get(key, MISS) is not MISS
+
+    def __contains__(self, key: Any) -> bool:
+        return self.exists(key)
+
+    def close(self) -> None:
+        """Release resources; memory engines have none."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r} maxsize={self.maxsize}>"
+
+
+class NullEngine(BaseEngine):
+    """Stores nothing: serves `maxsize=0` (caching switched off, calls still counted)."""
+
+    name = "null"
+    capabilities = Capabilities(policies=ALL_POLICIES, ttl=True)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return default
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        return None
+
+    def delete(self, key: Any) -> bool:
+        return False
+
+    def clear(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return 0

@@ -1,0 +1,199 @@
+"""CacheEngineManager: the registry of engine classes, their availability, and the chains."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from twat_cache._report import warn
+from twat_cache.config import CacheConfig
+from twat_cache.engines.base import NullEngine
+from twat_cache.exceptions import ConfigurationError, EngineUnavailableError
+from twat_cache.logging import logger
+
+__all__ = ["CHAINS", "CacheEngineManager", "get_manager"]
+
+_MEMORY = ("cachebox", "cachetools", "functools")
+
+#: The fallback chain of each kind of cache, first available wins. Names a chain lists but
+#: nobody registered are skipped, so a chain can name engines that arrive later.
+CHAINS: Mapping[str, tuple[str, ...]] = {
+    "memory": _MEMORY,
+    # In-process memory is the fastest async cache; aiocache serves when asked for by name.
+    "async": _MEMORY,
+    "disk": ("diskcache", "klepto", *_MEMORY),
+    "file": ("joblib", "klepto", *_MEMORY),
+    "redis": ("redis",),
+}
+
+# Engines are named by "module:Class" so that importing twat_cache imports no backend
+# library; a class is loaded the first time a cache asks for it.
+_BUILTIN: dict[str, str] = {
+    "cachebox": "twat_cache.engines.cachebox:CacheboxEngine",
+    "cachetools": "twat_cache.engines.cachetools:CachetoolsEngine",
+    "functools": "twat_cache.engines.functools:FunctoolsEngine",
+}
+
+
+class CacheEngineManager:
+    """Knows every engine class by name and picks the first that can serve a config.
+
+    An engine is available only if its library imports *and* an instance can be built;
+    one that fails is skipped and the reason logged. Selection never swaps the asked
+    policy for another: an engine that cannot serve it exactly is skipped.
+
+    >>> manager = CacheEngineManager()
+    >>> manager.select("memory", CacheConfig(maxsize=10)).name in manager.registered()
+    True
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, str | type[Any]] = dict(_BUILTIN)
+        self._loaded: dict[str, type[Any]] = {}
+        self._import_errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # --- registry ---------------------------------------------------------------------
+
+    def register(self, name: str, engine: str | type[Any], *, replace: bool = False) -> None:
+        """Register an engine class (or a lazy ``"module:Class"`` path) under `name`.
+
+        The class needs `get`/`set`/`delete`/`clear`/`exists`/`__len__` and is built as
+        ``cls(config)``; `twat_cache.engines.base.BaseEngine` provides the rest.
+        """
+        if not name or name in CHAINS:
+            raise ConfigurationError(f"engine name {name!r} is empty or a chain alias")
+        if not isinstance(engine, str) and not is_engine_class(engine):
+            raise ConfigurationError(
+                f"engine {engine!r} is not an engine class: it needs get, set, delete, clear, "
+                "exists and __len__ (see twat_cache.engines.base.CacheEngineProtocol)"
+            )
+        with self._lock:
+            if name in self._specs and not replace:
+                raise ConfigurationError(f"an engine named {name!r} is already registered")
+            self._specs[name] = engine
+            self._loaded.pop(name, None)
+            self._import_errors.pop(name, None)
+
+    def unregister(self, name: str) -> None:
+        """Forget the engine registered under `name`."""
+        with self._lock:
+            self._specs.pop(name, None)
+            self._loaded.pop(name, None)
+            self._import_errors.pop(name, None)
+
+    def registered(self) -> list[str]:
+        """Names of every registered engine, available or not."""
+        return sorted(self._specs)
+
+    def chain(self, kind: str) -> tuple[str, ...]:
+        """The registered engines tried, in order, for a kind or alias ('memory', 'disk'...)."""
+        if kind not in CHAINS:
+            raise ConfigurationError(f"unknown cache kind {kind!r}; known: {', '.join(CHAINS)}")
+        return tuple(n for n in CHAINS[kind] if n in self._specs)
+
+    def load(self, name: str) -> type[Any]:
+        """The engine class registered under `name`, imported on first use."""
+        spec = self._specs.get(name)
+        if spec is None:
+            raise ConfigurationError(self._unknown(name))
+        if not isinstance(spec, str):
+            return spec
+        cls = self._loaded.get(name)
+        if cls is not None:
+            return cls
+        if name in self._import_errors:
+            raise EngineUnavailableError(self._import_errors[name])
+        module_name, _, attr = spec.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:  # a missing library, or one that breaks on import
+            reason = f"{name}: {type(exc).__name__}: {exc}"
+            self._import_errors[name] = reason
+            raise EngineUnavailableError(reason) from exc
+        self._loaded[name] = cls
+        return cls
+
+    def available(self, config: CacheConfig | None = None) -> dict[str, str | None]:
+        """Every registered engine mapped to None if it can serve `config`, else the reason."""
+        config = config if config is not None else CacheConfig()
+        result: dict[str, str | None] = {}
+        for name in self.registered():
+            engine, reason = self._try_build(name, config)
+            if engine is not None:
+                engine.close()
+            result[name] = reason
+        return result
+
+    # --- selection --------------------------------------------------------------------
+
+    def select(self, kind: str, config: CacheConfig) -> Any:
+        """Build the engine serving `config` for a kind of cache ('memory', 'async'...).
+
+        `config.cache_engine` names an engine (tried first) or an alias (its chain replaces
+        the kind's). An unknown name raises `ConfigurationError`; a known engine that is
+        unavailable falls back along the chain with one warning.
+        """
+        if config.maxsize == 0:
+            return NullEngine(config)
+        preferred = config.cache_engine
+        if preferred is None:
+            names = self.chain(kind)
+        elif preferred in CHAINS:
+            names = self.chain(preferred)
+        elif preferred in self._specs:
+            names = (preferred, *(n for n in self.chain(kind) if n != preferred))
+        else:
+            raise ConfigurationError(self._unknown(preferred))
+        reasons: dict[str, str] = {}
+        for name in names:
+            engine, reason = self._try_build(name, config)
+            if engine is None:
+                reasons[name] = reason or "unavailable"
+                logger.debug("engine {} skipped: {}", name, reason)
+                continue
+            if preferred in self._specs and name != preferred:
+                warn(
+                    f"cache engine {preferred!r} is unavailable ({reasons[preferred]}); "
+                    f"using {name!r} instead"
+                )
+            return engine
+        detail = "; ".join(f"{n}: {r}" for n, r in reasons.items()) or "no engine registered"
+        raise ConfigurationError(f"no {kind} engine can serve this configuration ({detail})")
+
+    def _try_build(self, name: str, config: CacheConfig) -> tuple[Any, str | None]:
+        try:
+            cls = self.load(name)
+        except EngineUnavailableError as exc:
+            return None, f"not importable ({exc})"
+        unsupported = getattr(cls, "unsupported", None)
+        reason = unsupported(config) if callable(unsupported) else None
+        if reason:
+            return None, reason
+        try:
+            return cls(config), None
+        except Exception as exc:
+            return None, f"could not be built: {type(exc).__name__}: {exc}"
+
+    def _unknown(self, name: str) -> str:
+        known = ", ".join([*self.registered(), *CHAINS])
+        return f"unknown cache engine {name!r}; known engines and aliases: {known}"
+
+
+_MANAGER: CacheEngineManager | None = None
+
+
+def get_manager() -> CacheEngineManager:
+    """The process-wide manager every decorator selects from."""
+    global _MANAGER
+    if _MANAGER is None:
+        _MANAGER = CacheEngineManager()
+    return _MANAGER
+
+
+def is_engine_class(cls: object) -> bool:
+    """Whether `cls` is a class with the store operations of `CacheEngineProtocol`."""
+    operations = ("get", "set", "delete", "clear", "exists", "__len__")
+    return isinstance(cls, type) and all(callable(getattr(cls, op, None)) for op in operations)

@@ -1,0 +1,41 @@
+"""Exceptions and warnings raised by twat-cache; `CacheError` is the root."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheError",
+    "CacheFaultWarning",
+    "CacheWarning",
+    "ConfigurationError",
+    "EngineError",
+    "EngineUnavailableError",
+    "KeyBuildError",
+]
+
+
+class CacheError(Exception):
+    """Root of every error twat-cache raises itself."""
+
+
+class ConfigurationError(CacheError):
+    """A bad combination of settings or an unknown engine name, raised at decoration time."""
+
+
+class EngineError(CacheError):
+    """An engine failed to read or write; the wrapper turns it into a miss when `fallback=True`."""
+
+
+class EngineUnavailableError(EngineError):
+    """An engine's library is missing or the engine could not be built."""
+
+
+class KeyBuildError(CacheError, TypeError):
+    """An argument cannot be turned into a cache key."""
+
+
+class CacheWarning(UserWarning):
+    """Base class of the warnings twat-cache emits."""
+
+
+class CacheFaultWarning(CacheWarning):
+    """A cache operation failed and the call went on without the cache (emitted once per fault kind)."""

@@ -1,0 +1,116 @@
+"""The global registry of cached functions: `clear_cache`, `get_stats`, `list_caches`."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from twat_cache.exceptions import CacheError
+
+__all__ = [
+    "UnknownCacheError",
+    "clear_cache",
+    "free_name",
+    "get_stats",
+    "list_caches",
+    "register",
+]
+
+# Weak references only: the registry must not keep a function, or its cache, alive.
+_CACHES: dict[str, weakref.ref[Any]] = {}
+_LOCK = threading.Lock()
+
+
+class UnknownCacheError(CacheError, KeyError):
+    """No live cache is registered under that name."""
+
+
+def _free_name(name: str) -> str:
+    unique = name
+    number = 1
+    while (ref := _CACHES.get(unique)) is not None and ref() is not None:
+        number += 1
+        unique = f"{name}#{number}"
+    return unique
+
+
+def free_name(name: str) -> str:
+    """The name a function registered now under `name` would get."""
+    with _LOCK:
+        return _free_name(name)
+
+
+def register(name: str, function: Any) -> str:
+    """Register a cached function under `name` (suffixed ``#2``, ``#3``... when a live
+    function already holds it) and return the name it got."""
+    with _LOCK:
+        unique = _free_name(name)
+
+        def forget(dead: weakref.ref[Any], key: str = unique) -> None:
+            with _LOCK:
+                if _CACHES.get(key) is dead:
+                    del _CACHES[key]
+
+        _CACHES[unique] = weakref.ref(function, forget)
+    return unique
+
+
+def _live(name: str | None) -> dict[str, Any]:
+    with _LOCK:
+        pairs = [(key, ref()) for key, ref in _CACHES.items()]
+    live = {key: fn for key, fn in pairs if fn is not None}
+    if name is None:
+        return live
+    if name not in live:
+        raise UnknownCacheError(f"no cache named {name!r}; known: {', '.join(sorted(live))}")
+    return {name: live[name]}
+
+
+def list_caches() -> list[str]:
+    """Names of every live cached function, sorted.
+
+    >>> from twat_cache import mcache
+    >>> @mcache(name="doc.square")
+    ... def square(x: int) -> int:
+    ...     return x * x
+    >>> "doc.square" in list_caches()
+    True
+    """
+    return sorted(_live(None))
+
+
+def clear_cache(name: str | None = None) -> None:
+    """Clear one cache by name, or every registered cache when `name` is None."""
+    for function in _live(name).values():
+        function.cache_clear()
+
+
+def _stats(function: Any) -> dict[str, Any]:
+    info = function.cache_info()
+    calls = info.hits + info.misses
+    return {
+        "hits": info.hits,
+        "misses": info.misses,
+        "hit_rate": info.hits / calls if calls else 0.0,
+        "currsize": info.currsize,
+        "maxsize": info.maxsize,
+        "engine": function.cache_engine.name,
+    }
+
+
+def get_stats(name: str | None = None) -> dict[str, Any]:
+    """Plain-number statistics of one cache, or a mapping of every cache's statistics.
+
+    >>> from twat_cache import mcache
+    >>> @mcache(name="doc.double")
+    ... def double(x: int) -> int:
+    ...     return 2 * x
+    >>> double(2), double(2)
+    (4, 4)
+    >>> get_stats("doc.double")["hits"]
+    1
+    """
+    if name is not None:
+        return _stats(_live(name)[name])
+    return {key: _stats(function) for key, function in _live(None).items()}
