@@ -56,6 +56,7 @@ class CallState:
         "_aset",
         "aflights",
         "engine",
+        "func",
         "fallback",
         "flights",
         "lock",
@@ -64,7 +65,10 @@ class CallState:
         "shared_hits",
     )
 
-    def __init__(self, engine: Any, *, name: str, lock: bool, fallback: bool) -> None:
+    def __init__(
+        self, func: Callable[..., Any], engine: Any, *, name: str, lock: bool, fallback: bool
+    ) -> None:
+        self.func = func
         self.engine = engine
         self.lock = lock
         self.fallback = fallback
@@ -87,16 +91,16 @@ class CallState:
             raise exc
         self.reporter.report(operation, exc)
 
-    def fault(self, exc: Exception, call: Callable[[], Any]) -> Any:
+    def fault(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The key could not be built or the engine failed to read: call uncached."""
         self._fault("build a key" if isinstance(exc, KeyBuildError) else "read", exc)
         self.misses += 1
-        return call()
+        return self.func(*args, **kwargs)
 
-    async def afault(self, exc: Exception, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def afault(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._fault("build a key" if isinstance(exc, KeyBuildError) else "read", exc)
         self.misses += 1
-        return await call()
+        return await self.func(*args, **kwargs)
 
     def _read(self, key: Any) -> Any:
         try:
@@ -126,10 +130,10 @@ class CallState:
 
     # --- sync miss path ---------------------------------------------------------------
 
-    def miss(self, key: Any, call: Callable[[], Any]) -> Any:
+    def miss(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Compute a cold key once, however many threads ask for it at the same time."""
         if not self.lock:
-            return self._compute(key, call)
+            return self._compute(key, args, kwargs)
         me = threading.get_ident()
         while True:
             flight = self.flights.get(key)
@@ -137,10 +141,10 @@ class CallState:
                 mine = _Flight(me)
                 flight = self.flights.setdefault(key, mine)  # atomic: one leader per key
                 if flight is mine:
-                    return self._lead(key, call, mine)
+                    return self._lead(key, args, kwargs, mine)
             if flight.owner == me:
                 # Re-entry on the key this thread is computing: waiting would deadlock.
-                return self._compute(key, call)
+                return self._compute(key, args, kwargs)
             with flight.lock:
                 pass
             if flight.done:
@@ -151,19 +155,21 @@ class CallState:
                 return flight.value
             # The leader was interrupted (KeyboardInterrupt...): try to lead again.
 
-    def _compute(self, key: Any, call: Callable[[], Any]) -> Any:
+    def _compute(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.misses += 1
-        value = call()
+        value = self.func(*args, **kwargs)
         self._store(key, value)
         return value
 
-    def _lead(self, key: Any, call: Callable[[], Any], flight: _Flight) -> Any:
+    def _lead(
+        self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flight: _Flight
+    ) -> Any:
         try:
             # A leader that finished between our miss and our registration has stored
             # the value: read again rather than compute twice.
             value = self._read(key)
             if value is MISS:
-                value = self._compute(key, call)
+                value = self._compute(key, args, kwargs)
             else:
                 self.shared_hits += 1
             flight.value = value
@@ -181,10 +187,10 @@ class CallState:
 
     # --- async miss path --------------------------------------------------------------
 
-    async def amiss(self, key: Any, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def amiss(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Compute a cold key once, however many tasks of one event loop await it."""
         if not self.lock:
-            return await self._acompute(key, call)
+            return await self._acompute(key, args, kwargs)
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         while True:
@@ -193,11 +199,11 @@ class CallState:
                 mine = _AFlight(loop, task)
                 flight = self.aflights.setdefault(key, mine)
                 if flight is mine:
-                    return await self._alead(key, call, mine)
+                    return await self._alead(key, args, kwargs, mine)
             if flight.loop is not loop or flight.task is task:
                 # Another thread's event loop (its future cannot be awaited here), or
                 # re-entry on the key this task is computing: compute directly.
-                return await self._acompute(key, call)
+                return await self._acompute(key, args, kwargs)
             try:
                 # shield: a waiter being cancelled must not cancel the shared computation.
                 value = await asyncio.shield(flight.future)
@@ -209,18 +215,20 @@ class CallState:
             self.shared_hits += 1
             return value
 
-    async def _acompute(self, key: Any, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _acompute(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.misses += 1
-        value = await call()
+        value = await self.func(*args, **kwargs)
         await self._astore(key, value)
         return value
 
-    async def _alead(self, key: Any, call: Callable[[], Awaitable[Any]], flight: _AFlight) -> Any:
+    async def _alead(
+        self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flight: _AFlight
+    ) -> Any:
         future = flight.future
         try:
             value = await self._aread(key)
             if value is MISS:
-                value = await self._acompute(key, call)
+                value = await self._acompute(key, args, kwargs)
             else:
                 self.shared_hits += 1
         except Exception as exc:

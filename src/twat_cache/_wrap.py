@@ -30,11 +30,11 @@ _SYNC_BODY = """
         __twat_k = {key}
         __twat_v = __twat_get(__twat_k, __twat_MISS)
     except Exception as __twat_e:
-        return __twat_state.fault(__twat_e, lambda: __twat_func({call}))
+        return __twat_state.fault(__twat_e, {args}, {kwargs})
     if __twat_v is not __twat_MISS:
         __twat_hits += 1
         return __twat_v
-    return __twat_state.miss(__twat_k, lambda: __twat_func({call}))
+    return __twat_state.miss(__twat_k, {args}, {kwargs})
 """
 
 _ASYNC_BODY = """
@@ -42,11 +42,11 @@ _ASYNC_BODY = """
         __twat_k = {key}
         __twat_v = {await_}__twat_get(__twat_k, __twat_MISS)
     except Exception as __twat_e:
-        return await __twat_state.afault(__twat_e, lambda: __twat_func({call}))
+        return await __twat_state.afault(__twat_e, {args}, {kwargs})
     if __twat_v is not __twat_MISS:
         __twat_hits += 1
         return __twat_v
-    return await __twat_state.amiss(__twat_k, lambda: __twat_func({call}))
+    return await __twat_state.amiss(__twat_k, {args}, {kwargs})
 """
 
 _FACTORY = """
@@ -76,6 +76,10 @@ class _Plan:
     def __init__(self) -> None:
         self.params: list[str] = []
         self.call: list[str] = []
+        # The arguments as a tuple and a dict, built on the miss path only: a lambda
+        # would turn every parameter into a closure cell, paid on every hit.
+        self.args: list[str] = []
+        self.kwargs: list[str] = []
         self.key_parts: list[str] = []
         self.key_values: list[str] = []  # plain values, for stable digests
         self.key_names: list[str] = []
@@ -134,12 +138,14 @@ def _plan(func: Callable[..., Any], config: CacheConfig) -> _Plan:
         if p.kind is p.VAR_POSITIONAL:
             plan.params.append(f"*{name}")
             plan.call.append(f"*{name}")
+            plan.args.append(f"*{name}")
             star_written = True
             if name not in ignore:
                 plan.varargs = name
         elif p.kind is p.VAR_KEYWORD:
             plan.params.append(f"**{name}")
             plan.call.append(f"**{name}")
+            plan.kwargs.append(f"**{name}")
             if name not in ignore:
                 plan.varkw = name
         else:
@@ -149,8 +155,10 @@ def _plan(func: Callable[..., Any], config: CacheConfig) -> _Plan:
             plan.params.append(name + default)
             if p.kind is p.KEYWORD_ONLY:
                 plan.call.append(f"{name}={name}")
+                plan.kwargs.append(f"{name!r}: {name}")
             else:
                 plan.call.append(name)
+                plan.args.append(name)
             if p.kind is p.POSITIONAL_ONLY and (
                 index + 1 == len(params) or params[index + 1].kind is not p.POSITIONAL_ONLY
             ):
@@ -194,7 +202,7 @@ def wrap(
         raise ConfigurationError("ignore= has no effect with key=: build the key without them")
     plan = _plan(func, config)
     stable = engine.capabilities.stable_keys
-    state = CallState(engine, name=name, lock=config.lock, fallback=config.fallback)
+    state = CallState(func, engine, name=name, lock=config.lock, fallback=config.fallback)
     norm = make_normalizer(config.typed)
     fast = FAST_TYPES if config.typed else FAST_TYPES | {float, bool}
     kwignore = plan.namespace["__twat_kwignore"]
@@ -232,10 +240,10 @@ def wrap(
         __twat_userkey=userkey,
     )
     key = _key_source(plan, config, stable)
-    call = ", ".join(plan.call)
     body = (_ASYNC_BODY if is_async else _SYNC_BODY).format(
         key=key,
-        call=call,
+        args=f"({', '.join(plan.args)},)" if plan.args else "()",
+        kwargs=f"{{{', '.join(plan.kwargs)}}}",
         await_="await " if is_async and engine.capabilities.async_native else "",
     )
     func_name = getattr(func, "__name__", "")
