@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from twat_cache.__about__ import __version__
-from twat_cache._types import CacheInfo, CachedFunction
+from twat_cache._types import CachedFunction, CacheInfo
 from twat_cache.config import CacheConfig, create_cache_config
 from twat_cache.decorators import acache, mcache
 from twat_cache.engines.base import MISS

@@ -9,7 +9,6 @@ __all__ = ["CacheInfo", "CachedFunction", "P", "R"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-R_co = TypeVar("R_co", covariant=True)
 
 
 class CacheInfo(NamedTuple):
@@ -25,15 +24,15 @@ class CacheInfo(NamedTuple):
     currsize: int
 
 
-class CachedFunction(Protocol, Generic[P, R_co]):
+class CachedFunction(Protocol, Generic[P, R]):
     """What a type checker sees of a decorated function: its own parameters and return
     type, plus the cache attributes."""
 
-    __wrapped__: Callable[P, R_co]
+    __wrapped__: Callable[P, R]
     cache_engine: Any
     cache_name: str
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
     def cache_info(self) -> CacheInfo: ...
     def cache_clear(self) -> None: ...
     async def acache_clear(self) -> None: ...

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twat_cache._flight import CallState
+from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import MISS
 from twat_cache.exceptions import ConfigurationError
 from twat_cache.keys import FAST_TYPES, Ident, make_normalizer, stable_digest
-from twat_cache._types import CacheInfo
 
 __all__ = ["wrap"]
 
@@ -261,7 +261,7 @@ def wrap(
     )
     scope: dict[str, Any] = {}
     filename = f"<twat_cache wrapper of {namespace_id}>"
-    exec(compile(source, filename, "exec"), scope)  # noqa: S102  # source built above from parameter names only
+    exec(compile(source, filename, "exec"), scope)  # source built above from parameter names only
     wrapper, key_of, count_hits = scope["__twat_factory"](**plan.namespace)
     functools.update_wrapper(wrapper, func)
     _attach(wrapper, key_of, count_hits, state, engine, config, name)

@@ -76,7 +76,9 @@ def parse_ttl(value: object) -> float | None:
                 ) from None
             seconds = sum(float(n) * _TTL_UNITS[u] for n, u in parts)
     else:
-        raise ValueError(f"ttl must be seconds, a timedelta or a string, not {type(value).__name__}")
+        raise ValueError(
+            f"ttl must be seconds, a timedelta or a string, not {type(value).__name__}"
+        )
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"ttl must be a finite number of seconds greater than 0, got {value!r}")
     return seconds
@@ -101,7 +103,9 @@ def parse_size(value: object) -> int | ByteSize | None:
         return value
     match = _SIZE.fullmatch(value.strip())
     if not match:
-        raise ValueError(f"maxsize {value!r} is not a size: use an int or units like '500MB', '2GiB'")
+        raise ValueError(
+            f"maxsize {value!r} is not a size: use an int or units like '500MB', '2GiB'"
+        )
     number, unit = match.groups()
     return ByteSize(int(float(number) * _SIZE_UNITS[unit.lower()]))
 
@@ -139,9 +143,7 @@ class CacheConfig(BaseModel):
     key: Callable[..., Hashable] | None = Field(
         default=None, description="Custom key function, called with the function's arguments."
     )
-    ignore: tuple[str, ...] = Field(
-        default=(), description="Parameter names left out of the key."
-    )
+    ignore: tuple[str, ...] = Field(default=(), description="Parameter names left out of the key.")
     typed: bool = Field(default=True, description="1, 1.0, True and '1' are different keys.")
     lock: bool = Field(default=True, description="Stampede protection: one computation per key.")
     fallback: bool = Field(default=True, description="A cache fault never fails the call.")

@@ -38,4 +38,4 @@ class CacheWarning(UserWarning):
 
 
 class CacheFaultWarning(CacheWarning):
-    """A cache operation failed and the call went on without the cache (emitted once per fault kind)."""
+    """A cache operation failed and the call went on without the cache (once per kind)."""

@@ -14,8 +14,8 @@ from twat_cache.exceptions import KeyBuildError
 
 __all__ = [
     "FAST_TYPES",
-    "Ident",
     "KEY_VERSION",
+    "Ident",
     "make_normalizer",
     "self_key",
     "stable_digest",
@@ -98,10 +98,14 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
                 return tuple(map(norm, value))
         return tuple(value)
 
+    def mapping(cls: type, value: Mapping[Any, Any]) -> Hashable:
+        pairs = frozenset([(norm(k), norm(v)) for k, v in value.items()])
+        return (cls if typed else _MAP, pairs)
+
     def norm(value: Any) -> Hashable:
         cls = type(value)
         if cls in fast:
-            return value
+            return value  # type: ignore[no-any-return]  # a fast type is hashable
         if cls is float:  # typed only: hex() tells -0.0 from 0.0 and makes every NaN one key
             return (float, value.hex())
         if cls is bool:
@@ -109,7 +113,7 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
         if isinstance(value, tuple | list):
             return (cls if typed else _SEQ, seq(value))
         if isinstance(value, dict):
-            return (cls if typed else _MAP, frozenset([(norm(k), norm(v)) for k, v in value.items()]))
+            return mapping(cls, value)
         if isinstance(value, set | frozenset):
             return (cls if typed else _SET, frozenset(map(norm, value)))
         try:
@@ -117,7 +121,7 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
         except TypeError:
             # The Mapping ABC check is slow, so it runs only for unhashable values.
             if isinstance(value, Mapping):
-                return (cls if typed else _MAP, frozenset([(norm(k), norm(v)) for k, v in value.items()]))
+                return mapping(cls, value)
             return _pickled(value)
         return (cls, value) if typed else value
 

@@ -1,4 +1,4 @@
-"""The `twat_cache` loguru logger: silent unless `TWAT_CACHE_DEBUG=1` or `logger.enable("twat_cache")`."""
+"""The `twat_cache` loguru logger: silent unless TWAT_CACHE_DEBUG=1 or enabled by the app."""
 
 from __future__ import annotations
 

@@ -12,12 +12,12 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
-    "MISS",
     "ALL_POLICIES",
+    "MISS",
     "AsyncCacheEngineProtocol",
     "BaseEngine",
-    "Capabilities",
     "CacheEngineProtocol",
+    "Capabilities",
     "NullEngine",
 ]
 

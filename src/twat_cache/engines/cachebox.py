@@ -38,6 +38,7 @@ class CacheboxEngine(BaseEngine):
         super().__init__(config)
         bound = self.maxsize
         policy = self.config.policy
+        self._store: Any  # cachebox's classes share no usable base type
         if bound is None and policy != "ttl":
             # Unbounded on request (maxsize=None): a plain hash map, no eviction bookkeeping.
             self._store = cachebox.Cache(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -67,10 +68,9 @@ class CachetoolsEngine(BaseEngine):
         with self._lock:
             if self._expiring:
                 self._next_ttl = seconds if seconds is not None else math.inf
-            try:
+            # cachetools refuses a value larger than the whole cache: it is simply not stored.
+            with contextlib.suppress(ValueError):
                 self._store[key] = value
-            except ValueError:
-                pass  # cachetools refuses a value larger than the whole cache: not stored
 
     def delete(self, key: Any) -> bool:
         with self._lock:

@@ -39,12 +39,10 @@ class FunctoolsEngine(BaseEngine):
         self._expiring = self.config.ttl is not None or self.config.policy == "ttl"
         self._recency = self.config.policy != "fifo"
         self._store: OrderedDict[Any, Any] = OrderedDict()
+        self._plain: dict[Any, Any] | None = None
         if self._bound is None and not self._expiring:
-            plain: dict[Any, Any] = {}
-            self._plain = plain
-            self.get = plain.get  # type: ignore[method-assign]  # dict.get: the fastest hit
-        else:
-            self._plain = None
+            self._plain = {}
+            self.get = self._plain.get  # type: ignore[method-assign,assignment]  # dict.get: fastest
 
     def get(self, key: Any, default: Any = None) -> Any:
         with self._lock:
@@ -67,7 +65,9 @@ class FunctoolsEngine(BaseEngine):
         if self._plain is not None:
             self._plain[key] = value
             return
-        entry = (time.monotonic() + seconds if seconds else None, value) if self._expiring else value
+        entry = (
+            (time.monotonic() + seconds if seconds else None, value) if self._expiring else value
+        )
         with self._lock:
             self._store[key] = entry
             self._store.move_to_end(key)

@@ -109,6 +109,8 @@ class CacheEngineManager:
         module_name, _, attr = spec.partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), attr)
+            if not isinstance(cls, type):
+                raise TypeError(f"{spec} is not a class")
         except Exception as exc:  # a missing library, or one that breaks on import
             reason = f"{name}: {type(exc).__name__}: {exc}"
             self._import_errors[name] = reason
