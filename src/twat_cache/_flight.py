@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twat_cache._report import FaultReporter
-from twat_cache.engines.base import MISS
+from twat_cache.engines.base import MISS, capabilities_of
 from twat_cache.exceptions import KeyBuildError
 
 __all__ = ["CallState"]
@@ -77,7 +77,7 @@ class CallState:
         self.flights: dict[Any, _Flight] = {}
         self.aflights: dict[Any, _AFlight] = {}
         self.reporter = FaultReporter(name)
-        if engine.capabilities.async_native:
+        if capabilities_of(engine).async_native:
             self._aget = engine.aget
             self._aset = engine.aset
         else:

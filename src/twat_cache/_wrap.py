@@ -17,7 +17,7 @@ from typing import Any
 from twat_cache._flight import CallState
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
-from twat_cache.engines.base import MISS
+from twat_cache.engines.base import MISS, capabilities_of, engine_name
 from twat_cache.exceptions import ConfigurationError
 from twat_cache.keys import FAST_TYPES, Ident, make_normalizer, stable_digest
 
@@ -201,7 +201,8 @@ def wrap(
     if config.key is not None and config.ignore:
         raise ConfigurationError("ignore= has no effect with key=: build the key without them")
     plan = _plan(func, config)
-    stable = engine.capabilities.stable_keys
+    capabilities = capabilities_of(engine)
+    stable = capabilities.stable_keys
     state = CallState(func, engine, name=name, lock=config.lock, fallback=config.fallback)
     norm = make_normalizer(config.typed)
     fast = FAST_TYPES if config.typed else FAST_TYPES | {float, bool}
@@ -227,7 +228,7 @@ def wrap(
 
     plan.namespace.update(
         __twat_func=func,
-        __twat_get=engine.aget if is_async and engine.capabilities.async_native else engine.get,
+        __twat_get=engine.aget if is_async and capabilities.async_native else engine.get,
         __twat_MISS=MISS,
         __twat_state=state,
         __twat_FAST=fast,
@@ -244,7 +245,7 @@ def wrap(
         key=key,
         args=f"({', '.join(plan.args)},)" if plan.args else "()",
         kwargs=f"{{{', '.join(plan.kwargs)}}}",
-        await_="await " if is_async and engine.capabilities.async_native else "",
+        await_="await " if is_async and capabilities.async_native else "",
     )
     func_name = getattr(func, "__name__", "")
     if not func_name.isidentifier() or keyword.iskeyword(func_name) or func_name.startswith(_P):
@@ -277,13 +278,13 @@ def _attach(
     config: CacheConfig,
     name: str,
 ) -> None:
-    async_engine = engine.capabilities.async_native
+    async_engine = capabilities_of(engine).async_native
+    # A user engine may not declare a bound: then cache_info reports None, as unbounded.
+    maxsize = getattr(engine, "maxsize", None)
 
     def cache_info() -> CacheInfo:
         """Hits, misses, maxsize and current size, like functools' `cache_info()`."""
-        return CacheInfo(
-            count_hits(False) + state.shared_hits, state.misses, engine.maxsize, len(engine)
-        )
+        return CacheInfo(count_hits(False) + state.shared_hits, state.misses, maxsize, len(engine))
 
     def cache_clear() -> None:
         """Remove every entry of this cache and reset its statistics."""
@@ -313,8 +314,8 @@ def _attach(
         """The resolved configuration, plus the engine serving it and the registry name."""
         return {
             **config.model_dump(),
-            "maxsize": engine.maxsize,
-            "engine": engine.name,
+            "maxsize": maxsize,
+            "engine": engine_name(engine),
             "name": name,
         }
 

@@ -6,6 +6,7 @@ import threading
 import weakref
 from typing import Any
 
+from twat_cache.engines.base import engine_name
 from twat_cache.exceptions import CacheError
 
 __all__ = [
@@ -95,7 +96,7 @@ def _stats(function: Any) -> dict[str, Any]:
         "hit_rate": info.hits / calls if calls else 0.0,
         "currsize": info.currsize,
         "maxsize": info.maxsize,
-        "engine": function.cache_engine.name,
+        "engine": engine_name(function.cache_engine),
     }
 
 

@@ -19,6 +19,8 @@ __all__ = [
     "CacheEngineProtocol",
     "Capabilities",
     "NullEngine",
+    "capabilities_of",
+    "engine_name",
 ]
 
 
@@ -74,6 +76,21 @@ class Capabilities:
     def stable_keys(self) -> bool:
         """Whether keys must be identical across processes (persistent or shared engines)."""
         return self.persistent or self.shared
+
+
+_DEFAULT_CAPABILITIES = Capabilities()
+
+
+def capabilities_of(engine: object) -> Capabilities:
+    """An engine's capabilities; a user engine that declares none gets the defaults."""
+    capabilities = getattr(engine, "capabilities", None)
+    return capabilities if isinstance(capabilities, Capabilities) else _DEFAULT_CAPABILITIES
+
+
+def engine_name(engine: object) -> str:
+    """An engine's `name`, or its class name for a user engine that declares none."""
+    name = getattr(engine, "name", None)
+    return name if isinstance(name, str) else type(engine).__name__
 
 
 @runtime_checkable
