@@ -8,23 +8,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twat_cache._report import FaultReporter
-from twat_cache.engines.base import MISS, capabilities_of
+from twat_cache.engines.base import MISS, capabilities_of, put_of
 from twat_cache.exceptions import KeyBuildError
 
 __all__ = ["CallState"]
 
 
-class _Flight:
-    """One computation of a cold key in a thread; others wait on its lock and share its outcome."""
+_INTERRUPTED: Any = object()  # an outcome's value when its leader was interrupted
 
-    __slots__ = ("done", "error", "lock", "owner", "value")
 
-    def __init__(self, owner: int) -> None:
-        self.owner = owner
-        self.lock = threading.Lock()
-        self.lock.acquire()  # held until the outcome is known; waiters block on it
+class _Outcome:
+    """What the leader of a contended key hands to the threads waiting for it."""
+
+    __slots__ = ("done", "error", "value", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters = 0
         self.done = False
-        self.value: Any = None
+        self.value: Any = _INTERRUPTED
         self.error: BaseException | None = None
 
 
@@ -61,8 +62,11 @@ class CallState:
         "func",
         "lock",
         "misses",
+        "put",
         "reporter",
         "shared_hits",
+        "waiting",
+        "wakeup",
     )
 
     def __init__(
@@ -70,11 +74,14 @@ class CallState:
     ) -> None:
         self.func = func
         self.engine = engine
+        self.put = put_of(engine)
         self.lock = lock
         self.fallback = fallback
         self.misses = 0
         self.shared_hits = 0  # waiters served by another caller's computation
-        self.flights: dict[Any, _Flight] = {}
+        self.flights: dict[Any, tuple[int]] = {}
+        self.waiting: dict[Any, _Outcome] = {}
+        self.wakeup = threading.Condition(threading.Lock())  # waiters of any key of this cache
         self.aflights: dict[Any, _AFlight] = {}
         self.reporter = FaultReporter(name)
         if capabilities_of(engine).async_native:
@@ -102,16 +109,18 @@ class CallState:
         self.misses += 1
         return await self.func(*args, **kwargs)
 
-    def _read(self, key: Any) -> Any:
-        try:
-            return self.engine.get(key, MISS)
-        except Exception as exc:
-            self._fault("read", exc)
-            return MISS
+    def read_fault(self, exc: Exception) -> Any:
+        """The engine failed to read: report it and treat it as a miss."""
+        self._fault("read", exc)
+        return MISS
+
+    def write_fault(self, exc: Exception) -> None:
+        """The engine failed to write: report it; the computed value is still returned."""
+        self._fault("write", exc)
 
     def _store(self, key: Any, value: Any) -> None:
         try:
-            self.engine.set(key, value)
+            self.put(key, value)
         except Exception as exc:  # the value is still returned: nothing computed is lost
             self._fault("write", exc)
 
@@ -129,61 +138,84 @@ class CallState:
             self._fault("write", exc)
 
     # --- sync miss path ---------------------------------------------------------------
+    #
+    # The leader's side is inlined in the generated wrapper (`_wrap.py`): an uncontended
+    # miss only publishes a token in `flights` (a 1-tuple holding the thread id: unique
+    # per call, so a thread re-entering its own key is told apart from the leader).
+    # Contention is the slow path, here: a waiter registers an `_Outcome` in `waiting`
+    # and then checks that the key is still in flight, both under the `wakeup`
+    # condition; the leader removes its token and then looks at `waiting`. So either
+    # the leader sees the waiter and hands it the outcome, or the waiter sees the
+    # flight gone and reads the cache again: no wake-up is ever lost.
 
-    def miss(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Compute a cold key once, however many threads ask for it at the same time."""
-        if not self.lock:
-            return self._compute(key, args, kwargs)
-        me = threading.get_ident()
+    def hand_over(self, key: Any, value: Any, error: BaseException | None) -> None:
+        """Give a finished flight's outcome to the threads waiting for it."""
+        with self.wakeup:
+            outcome = self.waiting.pop(key, None)
+            if outcome is not None:
+                outcome.value = value
+                outcome.error = error
+                outcome.done = True
+                self.wakeup.notify_all()
+
+    def abandon(self, key: Any, exc: BaseException) -> None:
+        """The leader raised: unpublish its flight and pass the exception to its waiters
+        (an interruption such as KeyboardInterrupt makes them try again instead)."""
+        del self.flights[key]
+        if self.waiting:
+            self.hand_over(key, _INTERRUPTED, exc if isinstance(exc, Exception) else None)
+
+    def follow(
+        self, key: Any, token: tuple[int], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Another call is computing `key`: wait for its outcome and share it."""
         while True:
-            flight = self.flights.get(key)
-            if flight is None:
-                mine = _Flight(me)
-                flight = self.flights.setdefault(key, mine)  # atomic: one leader per key
-                if flight is mine:
-                    return self._lead(key, args, kwargs, mine)
-            if flight.owner == me:
+            leader = self.flights.get(key)
+            if leader is None:
+                # The flight ended before we could wait: it stored its value, unless the
+                # value could not be stored or it raised; then compute ourselves.
+                return self._reread_or_compute(key, args, kwargs)
+            if leader[0] == token[0]:
                 # Re-entry on the key this thread is computing: waiting would deadlock.
                 return self._compute(key, args, kwargs)
-            with flight.lock:
-                pass
-            if flight.done:
-                if flight.error is not None:
-                    self.misses += 1
-                    raise flight.error
-                self.shared_hits += 1
-                return flight.value
-            # The leader was interrupted (KeyboardInterrupt...): try to lead again.
+            with self.wakeup:
+                outcome = self.waiting.get(key)
+                if outcome is None:
+                    outcome = self.waiting[key] = _Outcome()
+                outcome.waiters += 1
+                if self.flights.get(key) is leader:
+                    while not outcome.done:
+                        self.wakeup.wait()
+                else:
+                    # The flight ended meanwhile. Other threads may still wait on this
+                    # outcome (their leader hands it over); the last to leave removes it.
+                    outcome.waiters -= 1
+                    if not outcome.waiters and not outcome.done:
+                        del self.waiting[key]
+            if not outcome.done or (outcome.value is _INTERRUPTED and outcome.error is None):
+                continue  # the flight ended unseen, or its leader was interrupted
+            if outcome.error is not None:
+                self.misses += 1
+                raise outcome.error
+            self.shared_hits += 1
+            return outcome.value
+
+    def _reread_or_compute(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            value = self.engine.get(key, MISS)
+        except Exception as exc:
+            self._fault("read", exc)
+            value = MISS
+        if value is MISS:
+            return self._compute(key, args, kwargs)
+        self.shared_hits += 1
+        return value
 
     def _compute(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.misses += 1
         value = self.func(*args, **kwargs)
         self._store(key, value)
         return value
-
-    def _lead(
-        self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flight: _Flight
-    ) -> Any:
-        try:
-            # A leader that finished between our miss and our registration has stored
-            # the value: read again rather than compute twice.
-            value = self._read(key)
-            if value is MISS:
-                value = self._compute(key, args, kwargs)
-            else:
-                self.shared_hits += 1
-            flight.value = value
-            flight.done = True
-            return value
-        except Exception as exc:
-            flight.error = exc  # shared with the waiters, never cached
-            flight.done = True
-            raise
-        finally:
-            # Unpublish before waking the waiters, so a new caller never waits on a
-            # finished flight.
-            del self.flights[key]
-            flight.lock.release()
 
     # --- async miss path --------------------------------------------------------------
 

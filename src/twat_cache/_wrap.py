@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import inspect
 import keyword
+from _thread import get_ident
 from collections.abc import Callable
 from typing import Any
 
 from twat_cache._flight import CallState
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
-from twat_cache.engines.base import MISS, capabilities_of, engine_name
+from twat_cache.engines.base import MISS, capabilities_of, engine_name, put_of
 from twat_cache.exceptions import ConfigurationError
 from twat_cache.keys import FAST_TYPES, Ident, make_normalizer, stable_digest
 
@@ -34,7 +35,47 @@ _SYNC_BODY = """
     if __twat_v is not __twat_MISS:
         __twat_hits += 1
         return __twat_v
-    return __twat_state.miss(__twat_k, {args}, {kwargs})
+{miss}"""
+
+# The miss path is inlined too (as lru_cache's C code does): every Python frame here
+# would be paid on every miss. Waiting for another thread's flight is the slow path,
+# out of line in `CallState.follow`; see `_flight.py` for the protocol.
+_SYNC_MISS_LOCKED = """
+    __twat_t = (__twat_ident(),)
+    if __twat_flights.setdefault(__twat_k, __twat_t) is not __twat_t:
+        return __twat_state.follow(__twat_k, __twat_t, {args}, {kwargs})
+    try:
+        try:
+            # A flight that ended between our read and our registration stored its value.
+            __twat_v = __twat_get(__twat_k, __twat_MISS)
+        except Exception as __twat_e:
+            __twat_v = __twat_state.read_fault(__twat_e)
+        if __twat_v is __twat_MISS:
+            __twat_misses += 1
+            __twat_v = __twat_func({call})
+            try:
+                __twat_put(__twat_k, __twat_v)
+            except Exception as __twat_e:
+                __twat_state.write_fault(__twat_e)
+        else:
+            __twat_hits += 1
+    except BaseException as __twat_e:
+        __twat_state.abandon(__twat_k, __twat_e)
+        raise
+    del __twat_flights[__twat_k]
+    if __twat_waiting:
+        __twat_state.hand_over(__twat_k, __twat_v, None)
+    return __twat_v
+"""
+
+_SYNC_MISS_UNLOCKED = """
+    __twat_misses += 1
+    __twat_v = __twat_func({call})
+    try:
+        __twat_put(__twat_k, __twat_v)
+    except Exception as __twat_e:
+        __twat_state.write_fault(__twat_e)
+    return __twat_v
 """
 
 _ASYNC_BODY = """
@@ -52,19 +93,20 @@ _ASYNC_BODY = """
 _FACTORY = """
 def __twat_factory({cells}):
     __twat_hits = 0
+    __twat_misses = 0
 
     {async_}def {name}({params}):
-        nonlocal __twat_hits
+        nonlocal __twat_hits, __twat_misses
 {body}
     def __twat_key({params}):
         return {key}
 
     def __twat_count(reset):
-        nonlocal __twat_hits
-        hits = __twat_hits
+        nonlocal __twat_hits, __twat_misses
+        counts = (__twat_hits, __twat_misses)
         if reset:
-            __twat_hits = 0
-        return hits
+            __twat_hits = __twat_misses = 0
+        return counts
 
     return {name}, __twat_key, __twat_count
 """
@@ -229,6 +271,10 @@ def wrap(
     plan.namespace.update(
         __twat_func=func,
         __twat_get=engine.aget if is_async and capabilities.async_native else engine.get,
+        __twat_put=put_of(engine),
+        __twat_ident=get_ident,
+        __twat_flights=state.flights,
+        __twat_waiting=state.waiting,
         __twat_MISS=MISS,
         __twat_state=state,
         __twat_FAST=fast,
@@ -241,10 +287,17 @@ def wrap(
         __twat_userkey=userkey,
     )
     key = _key_source(plan, config, stable)
+    args = f"({', '.join(plan.args)},)" if plan.args else "()"
+    kwargs = f"{{{', '.join(plan.kwargs)}}}"
+    call = ", ".join(plan.call)
+    miss = (_SYNC_MISS_LOCKED if config.lock else _SYNC_MISS_UNLOCKED).format(
+        call=call, args=args, kwargs=kwargs
+    )
     body = (_ASYNC_BODY if is_async else _SYNC_BODY).format(
         key=key,
-        args=f"({', '.join(plan.args)},)" if plan.args else "()",
-        kwargs=f"{{{', '.join(plan.kwargs)}}}",
+        miss=miss,
+        args=args,
+        kwargs=kwargs,
         await_="await " if is_async and capabilities.async_native else "",
     )
     func_name = getattr(func, "__name__", "")
@@ -263,16 +316,16 @@ def wrap(
     scope: dict[str, Any] = {}
     filename = f"<twat_cache wrapper of {namespace_id}>"
     exec(compile(source, filename, "exec"), scope)  # source built above from parameter names only
-    wrapper, key_of, count_hits = scope["__twat_factory"](**plan.namespace)
+    wrapper, key_of, counts = scope["__twat_factory"](**plan.namespace)
     functools.update_wrapper(wrapper, func)
-    _attach(wrapper, key_of, count_hits, state, engine, config, name)
+    _attach(wrapper, key_of, counts, state, engine, config, name)
     return wrapper
 
 
 def _attach(
     wrapper: Any,
     key_of: Callable[..., Any],
-    count_hits: Callable[[bool], int],
+    counts: Callable[[bool], tuple[int, int]],
     state: CallState,
     engine: Any,
     config: CacheConfig,
@@ -284,12 +337,13 @@ def _attach(
 
     def cache_info() -> CacheInfo:
         """Hits, misses, maxsize and current size, like functools' `cache_info()`."""
-        return CacheInfo(count_hits(False) + state.shared_hits, state.misses, maxsize, len(engine))
+        hits, misses = counts(False)
+        return CacheInfo(hits + state.shared_hits, misses + state.misses, maxsize, len(engine))
 
     def cache_clear() -> None:
         """Remove every entry of this cache and reset its statistics."""
         engine.clear()
-        count_hits(True)
+        counts(True)
         state.reset()
 
     async def acache_clear() -> None:
@@ -298,7 +352,7 @@ def _attach(
             await engine.aclear()
         else:
             engine.clear()
-        count_hits(True)
+        counts(True)
         state.reset()
 
     def cache_delete(*args: Any, **kwargs: Any) -> bool:

@@ -91,29 +91,53 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
     True
     """
     fast = FAST_TYPES if typed else _UNTYPED_FAST
+    seq_tag: Any = tuple if typed else _SEQ
+    list_tag: Any = list if typed else _SEQ
+    map_tag: Any = dict if typed else _MAP
 
-    def seq(value: Any) -> tuple[Hashable, ...]:
+    # Exact-type tests come first and parts of fast types are inlined: this runs on every
+    # call with a container argument, and each Python call it saves is measurable.
+    # A tuple of fast values is its own part: it cannot equal a converted value, which
+    # is a (tag, payload) pair whose tag is a type or a private marker.
+
+    def items(value: Any) -> tuple[Hashable, ...]:
         for item in value:
             if type(item) not in fast:
-                return tuple(map(norm, value))
+                return tuple([i if type(i) in fast else norm(i) for i in value])
         return tuple(value)
 
-    def mapping(cls: type, value: Mapping[Any, Any]) -> Hashable:
-        pairs = frozenset([(norm(k), norm(v)) for k, v in value.items()])
-        return (cls if typed else _MAP, pairs)
+    def pairs(value: Mapping[Any, Any]) -> frozenset[Hashable]:
+        return frozenset(
+            [
+                (k if type(k) in fast else norm(k), v if type(v) in fast else norm(v))
+                for k, v in value.items()
+            ]
+        )
 
     def norm(value: Any) -> Hashable:
         cls = type(value)
         if cls in fast:
             return value  # type: ignore[no-any-return]  # a fast type is hashable
+        if cls is tuple:
+            for item in value:
+                if type(item) not in fast:
+                    return (seq_tag, items(value))
+            return value  # type: ignore[no-any-return]  # a tuple of fast values
+        if cls is list:
+            for item in value:
+                if type(item) not in fast:
+                    return (list_tag, items(value))
+            return (list_tag, tuple(value))
+        if cls is dict:
+            return (map_tag, pairs(value))
         if cls is float:  # typed only: hex() tells -0.0 from 0.0 and makes every NaN one key
             return (float, value.hex())
         if cls is bool:
             return (bool, value)
         if isinstance(value, tuple | list):
-            return (cls if typed else _SEQ, seq(value))
+            return (cls if typed else _SEQ, items(value))
         if isinstance(value, dict):
-            return mapping(cls, value)
+            return (cls if typed else _MAP, pairs(value))
         if isinstance(value, set | frozenset):
             return (cls if typed else _SET, frozenset(map(norm, value)))
         try:
@@ -121,7 +145,7 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
         except TypeError:
             # The Mapping ABC check is slow, so it runs only for unhashable values.
             if isinstance(value, Mapping):
-                return mapping(cls, value)
+                return (cls if typed else _MAP, pairs(value))
             return _pickled(value)
         return (cls, value) if typed else value
 

@@ -21,6 +21,7 @@ __all__ = [
     "NullEngine",
     "capabilities_of",
     "engine_name",
+    "put_of",
 ]
 
 
@@ -91,6 +92,12 @@ def engine_name(engine: object) -> str:
     """An engine's `name`, or its class name for a user engine that declares none."""
     name = getattr(engine, "name", None)
     return name if isinstance(name, str) else type(engine).__name__
+
+
+def put_of(engine: object) -> Any:
+    """The two-argument writer the wrapper stores with: the engine's `put` (set with the
+    configured ttl, often the library's own method), else its `set`."""
+    return getattr(engine, "put", None) or engine.set  # type: ignore[attr-defined]
 
 
 @runtime_checkable
@@ -174,6 +181,11 @@ class BaseEngine:
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         raise NotImplementedError
+
+    def put(self, key: Any, value: Any) -> None:
+        """Store with the configured ttl: what the wrapper calls on a miss. Engines may
+        replace it with a faster callable taking `(key, value)`."""
+        self.set(key, value)
 
     def delete(self, key: Any) -> bool:
         raise NotImplementedError

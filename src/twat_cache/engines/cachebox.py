@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import cachebox
@@ -45,19 +46,22 @@ class CacheboxEngine(BaseEngine):
         else:
             self._store = _CLASSES[policy](bound or 0)
         self._ttl = self.config.ttl
-        # The hit path calls the store's own Rust method: no Python frame in between.
+        # The wrapper calls the store's own Rust methods: no Python frame in between.
         self.get = self._store.get  # type: ignore[method-assign]  # faster bound builtin
         if policy == "ttl":
             self.set = self._set_expiring  # type: ignore[method-assign]  # chosen once
+            self.put = functools.partial(self._store.insert, ttl=self._ttl)  # type: ignore[method-assign]  # C partial
         else:
             self.set = self._set  # type: ignore[method-assign]  # chosen once
+            self.put = self._store.insert  # type: ignore[method-assign]  # faster builtin
 
     def _set(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        self._check_ttl(ttl)  # refuses a ttl this store cannot honour
+        if ttl is not None:
+            self._check_ttl(ttl)  # refuses a ttl this store cannot honour
         self._store.insert(key, value)
 
     def _set_expiring(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        self._store.insert(key, value, self._check_ttl(ttl))
+        self._store.insert(key, value, self._ttl if ttl is None else self._check_ttl(ttl))
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._store.get(key, default)
