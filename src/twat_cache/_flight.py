@@ -220,21 +220,25 @@ class CallState:
     # --- async miss path --------------------------------------------------------------
 
     async def amiss(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Compute a cold key once, however many tasks of one event loop await it."""
+        """Compute a cold key once, however many tasks of one event loop await it.
+
+        Flights are per event loop (a future belongs to one loop): tasks of two loops in
+        two threads are each protected within their own loop.
+        """
         if not self.lock:
             return await self._acompute(key, args, kwargs)
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
+        slot = (key, id(loop))  # the loop is alive while it runs this code
         while True:
-            flight = self.aflights.get(key)
+            flight = self.aflights.get(slot)
             if flight is None:
                 mine = _AFlight(loop, task)
-                flight = self.aflights.setdefault(key, mine)
+                flight = self.aflights.setdefault(slot, mine)
                 if flight is mine:
-                    return await self._alead(key, args, kwargs, mine)
-            if flight.loop is not loop or flight.task is task:
-                # Another thread's event loop (its future cannot be awaited here), or
-                # re-entry on the key this task is computing: compute directly.
+                    return await self._alead(slot, key, args, kwargs, mine)
+            if flight.task is task:
+                # Re-entry on the key this task is computing: waiting would deadlock.
                 return await self._acompute(key, args, kwargs)
             try:
                 # shield: a waiter being cancelled must not cancel the shared computation.
@@ -254,7 +258,7 @@ class CallState:
         return value
 
     async def _alead(
-        self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flight: _AFlight
+        self, slot: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flight: _AFlight
     ) -> Any:
         future = flight.future
         try:
@@ -275,7 +279,7 @@ class CallState:
             future.set_result(value)
             return value
         finally:
-            del self.aflights[key]
+            del self.aflights[slot]
 
     # --- bookkeeping ------------------------------------------------------------------
 

@@ -10,17 +10,23 @@ from pathlib import Path
 from twat_cache.exceptions import CacheFaultWarning, CacheWarning
 from twat_cache.logging import logger
 
-__all__ = ["FaultReporter", "warn"]
+__all__ = ["WRAPPER_FILENAME_PREFIX", "FaultReporter", "warn"]
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
+#: Generated wrappers are compiled under this pseudo file name (see `_wrap.py`).
+WRAPPER_FILENAME_PREFIX = "<twat_cache wrapper of "
+
+
+def _ours(filename: str) -> bool:
+    return filename.startswith((_PACKAGE_DIR, WRAPPER_FILENAME_PREFIX))
 
 
 def _user_stacklevel() -> int:
     # Point the warning at the first frame outside twat_cache (the user's decoration or
-    # call), however deep inside the package it was raised.
+    # call), however deep inside the package or its generated wrappers it was raised.
     level = 1
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and _ours(frame.f_code.co_filename):
         frame = frame.f_back  # type: ignore[assignment]  # None ends the loop
         level += 1
     return level

@@ -16,11 +16,18 @@ from collections.abc import Callable
 from typing import Any
 
 from twat_cache._flight import CallState
+from twat_cache._report import WRAPPER_FILENAME_PREFIX
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import MISS, capabilities_of, engine_name, put_of
 from twat_cache.exceptions import ConfigurationError
-from twat_cache.keys import FAST_TYPES, Ident, make_normalizer, stable_digest
+from twat_cache.keys import (
+    FAST_TYPES,
+    IDENTITY_CLASSES,
+    make_normalizer,
+    self_key,
+    stable_digest,
+)
 
 __all__ = ["wrap"]
 
@@ -134,7 +141,7 @@ class _Plan:
 def _part(name: str, *, is_self: bool) -> str:
     if is_self:
         # Instances are keyed by identity: two instances never share an entry.
-        return f"({name} if type({name}).__eq__ is __twat_objeq else __twat_Ident({name}))"
+        return f"({name} if type({name}) in __twat_idclasses else __twat_self({name}))"
     return f"({name} if type({name}) in __twat_FAST else __twat_n({name}))"
 
 
@@ -279,8 +286,8 @@ def wrap(
         __twat_state=state,
         __twat_FAST=fast,
         __twat_n=norm,
-        __twat_objeq=object.__eq__,
-        __twat_Ident=Ident,
+        __twat_idclasses=IDENTITY_CLASSES,
+        __twat_self=self_key,
         __twat_kwkey=kwkey,
         __twat_kwfilter=kwfilter,
         __twat_stable=stable_key,
@@ -314,7 +321,7 @@ def wrap(
         key=key,
     )
     scope: dict[str, Any] = {}
-    filename = f"<twat_cache wrapper of {namespace_id}>"
+    filename = f"{WRAPPER_FILENAME_PREFIX}{namespace_id}>"
     exec(compile(source, filename, "exec"), scope)  # source built above from parameter names only
     wrapper, key_of, counts = scope["__twat_factory"](**plan.namespace)
     functools.update_wrapper(wrapper, func)

@@ -231,7 +231,18 @@ class CacheConfig(BaseModel):
         # Only explicitly set fields are carried over, so derived values (a ttl-driven
         # policy) are derived again from the merged settings.
         base = {name: getattr(self, name) for name in self.model_fields_set}
-        return CacheConfig.model_validate({**base, **overrides})
+        named = {_ALIASES.get(option, option): value for option, value in overrides.items()}
+        return CacheConfig.model_validate({**base, **named})
+
+
+#: Alternative option names and the field each one sets.
+_ALIASES = {
+    alias: name
+    for name, field in CacheConfig.model_fields.items()
+    if isinstance(field.validation_alias, AliasChoices)
+    for alias in field.validation_alias.choices
+    if isinstance(alias, str) and alias != name
+}
 
 
 def create_cache_config(**options: Any) -> CacheConfig:

@@ -73,10 +73,14 @@ def _apply(kind: str, decorator: str, func: Any, config: CacheConfig) -> Any:
         )
     module = getattr(func, "__module__", None) or "__main__"
     qualname = getattr(func, "__qualname__", None) or repr(func)
-    name = registry.free_name(config.name or f"{module}.{qualname}")
-    engine = get_manager().select(kind, config)
-    wrapper = wrap(func, engine, config, name=name, is_async=is_async)
-    wrapper.cache_name = registry.register(name, wrapper)
+    name = registry.reserve(config.name or f"{module}.{qualname}")
+    try:
+        engine = get_manager().select(kind, config)
+        wrapper = wrap(func, engine, config, name=name, is_async=is_async)
+    except BaseException:
+        registry.release(name)
+        raise
+    registry.register(name, wrapper)
     return wrapper
 
 

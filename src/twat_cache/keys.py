@@ -6,14 +6,16 @@ import hashlib
 import math
 import pickle
 import struct
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
-from types import MethodType
+from types import MethodType, ModuleType
 from typing import Any
 
 from twat_cache.exceptions import KeyBuildError
 
 __all__ = [
     "FAST_TYPES",
+    "IDENTITY_CLASSES",
     "KEY_VERSION",
     "Ident",
     "make_normalizer",
@@ -46,6 +48,7 @@ _PICKLED = _Tag("pickled")
 _SEQ = _Tag("seq")
 _MAP = _Tag("map")
 _SET = _Tag("set")
+_COUNTED = _Tag("counted")
 
 
 class Ident:
@@ -68,13 +71,21 @@ class Ident:
 
 
 _object_eq = object.__eq__
+_object_hash = object.__hash__
+#: Classes whose instances hash and compare by identity; filled as they are met, so the
+#: hit path pays one set lookup. Holds the classes strongly, as their methods' code does.
+IDENTITY_CLASSES: set[type] = set()
 
 
 def self_key(obj: object) -> object:
-    """The key part for a method's instance: the instance itself when its class compares by
-    identity (the common case, and the fastest), else an `Ident`, so that two instances
-    that compare equal never share an entry."""
-    return obj if type(obj).__eq__ is _object_eq else Ident(obj)
+    """The key part for a method's instance: the instance itself when its class hashes and
+    compares by identity (the common case, and the fastest), else an `Ident`, so that two
+    instances that compare equal never share an entry and unhashable ones still work."""
+    cls = type(obj)
+    if cls.__eq__ is _object_eq and cls.__hash__ is _object_hash:
+        IDENTITY_CLASSES.add(cls)
+        return obj
+    return Ident(obj)
 
 
 def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
@@ -106,13 +117,23 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
                 return tuple([i if type(i) in fast else norm(i) for i in value])
         return tuple(value)
 
-    def pairs(value: Mapping[Any, Any]) -> frozenset[Hashable]:
-        return frozenset(
-            [
-                (k if type(k) in fast else norm(k), v if type(v) in fast else norm(v))
-                for k, v in value.items()
-            ]
-        )
+    def pairs(value: Mapping[Any, Any]) -> Hashable:
+        parts = [
+            (k if type(k) in fast else norm(k), v if type(v) in fast else norm(v))
+            for k, v in value.items()
+        ]
+        return counted(parts, len(value))
+
+    def members(value: Any) -> Hashable:
+        return counted(list(map(norm, value)), len(value))
+
+    def counted(parts: list[Any], size: int) -> Hashable:
+        unique = frozenset(parts)
+        if len(unique) == size:
+            return unique
+        # Distinct members that normalize alike (NaN objects, which are unequal to each
+        # other): keep how many there were, so {nan_a, nan_b} is not {nan_a}.
+        return (_COUNTED, frozenset(Counter(parts).items()))
 
     def norm(value: Any) -> Hashable:
         cls = type(value)
@@ -134,12 +155,14 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
             return (float, value.hex())
         if cls is bool:
             return (bool, value)
+        if cls is complex and typed:
+            return (complex, (value.real.hex(), value.imag.hex()))
         if isinstance(value, tuple | list):
             return (cls if typed else _SEQ, items(value))
         if isinstance(value, dict):
             return (cls if typed else _MAP, pairs(value))
         if isinstance(value, set | frozenset):
-            return (cls if typed else _SET, frozenset(map(norm, value)))
+            return (cls if typed else _SET, members(value))
         try:
             hash(value)
         except TypeError:
@@ -191,6 +214,8 @@ def _encode(value: Any, out: list[bytes], where: str, depth: int) -> None:
             payload = value.encode("utf-8", "surrogatepass")
         elif cls is bytes:
             payload = value
+        elif cls is int:  # bytes, not repr: repr refuses ints past 4300 digits
+            payload = value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
         else:
             payload = repr(value).encode()
         _atom(tag, payload, out)
@@ -232,6 +257,13 @@ def _encode(value: Any, out: list[bytes], where: str, depth: int) -> None:
         out.append(b"m")
         _encode(value.__func__, out, where, depth + 1)
         _encode(value.__self__, out, where, depth + 1)
+        return
+    bound_to = getattr(value, "__self__", None)
+    if bound_to is not None and callable(value) and not isinstance(bound_to, ModuleType):
+        # A builtin bound method ("a".upper, {}.get): its object is part of its identity.
+        out.append(b"n")
+        _atom(b"s", f"{type(bound_to).__qualname__}.{value.__name__}".encode(), out)
+        _encode(bound_to, out, where, depth + 1)
         return
     if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
         name = _global_name(value, where)

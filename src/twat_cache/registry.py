@@ -12,10 +12,11 @@ from twat_cache.exceptions import CacheError
 __all__ = [
     "UnknownCacheError",
     "clear_cache",
-    "free_name",
     "get_stats",
     "list_caches",
     "register",
+    "release",
+    "reserve",
 ]
 
 # Weak references only: the registry must not keep a function, or its cache, alive.
@@ -27,40 +28,49 @@ class UnknownCacheError(CacheError, KeyError):
     """No live cache is registered under that name."""
 
 
-def _free_name(name: str) -> str:
-    unique = name
-    number = 1
-    while (ref := _CACHES.get(unique)) is not None and ref() is not None:
-        number += 1
-        unique = f"{name}#{number}"
+class _Reserved:
+    """Holds a name while its function is being built (a live placeholder)."""
+
+    def __call__(self) -> object:
+        return self
+
+
+def reserve(name: str) -> str:
+    """Claim `name` (suffixed ``#2``, ``#3``... when a live function already holds it) for
+    a function about to be built, and return the name claimed."""
+    with _LOCK:
+        unique = name
+        number = 1
+        while (ref := _CACHES.get(unique)) is not None and ref() is not None:
+            number += 1
+            unique = f"{name}#{number}"
+        _CACHES[unique] = _Reserved()  # type: ignore[assignment]  # callable like a weakref
     return unique
 
 
-def free_name(name: str) -> str:
-    """The name a function registered now under `name` would get."""
+def release(name: str) -> None:
+    """Give back a name reserved for a function that could not be built."""
     with _LOCK:
-        return _free_name(name)
+        if isinstance(_CACHES.get(name), _Reserved):
+            del _CACHES[name]
 
 
-def register(name: str, function: Any) -> str:
-    """Register a cached function under `name` (suffixed ``#2``, ``#3``... when a live
-    function already holds it) and return the name it got."""
+def register(name: str, function: Any) -> None:
+    """Register a cached function under the name `reserve` gave it."""
+
+    def forget(dead: weakref.ref[Any]) -> None:
+        with _LOCK:
+            if _CACHES.get(name) is dead:
+                del _CACHES[name]
+
     with _LOCK:
-        unique = _free_name(name)
-
-        def forget(dead: weakref.ref[Any], key: str = unique) -> None:
-            with _LOCK:
-                if _CACHES.get(key) is dead:
-                    del _CACHES[key]
-
-        _CACHES[unique] = weakref.ref(function, forget)
-    return unique
+        _CACHES[name] = weakref.ref(function, forget)
 
 
 def _live(name: str | None) -> dict[str, Any]:
     with _LOCK:
         pairs = [(key, ref()) for key, ref in _CACHES.items()]
-    live = {key: fn for key, fn in pairs if fn is not None}
+    live = {key: fn for key, fn in pairs if fn is not None and not isinstance(fn, _Reserved)}
     if name is None:
         return live
     if name not in live:

@@ -164,10 +164,17 @@ class BaseEngine:
         """The bound in force: the configured maxsize, or the default when none was given."""
         return self.config.maxsize if self.config.maxsize_given else DEFAULT_MAXSIZE
 
+    @property
+    def expires(self) -> bool:
+        """Whether this instance was built to expire entries (its config has a ttl or the
+        'ttl' policy): only then does `set(key, value, ttl=...)` accept a ttl."""
+        config = self.config
+        return self.capabilities.ttl and (config.ttl is not None or config.policy == "ttl")
+
     def _check_ttl(self, ttl: float | None) -> float | None:
         if ttl is None:
             return self.config.ttl
-        if not self.capabilities.ttl:
+        if not self.expires:
             raise ConfigurationError(
                 f"the {self.name} engine was built without expiry; set ttl in its config "
                 f"(or policy='ttl') to store entries with a ttl"

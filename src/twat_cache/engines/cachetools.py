@@ -48,7 +48,8 @@ class CachetoolsEngine(BaseEngine):
         self._expiring = self.config.ttl is not None or self.config.policy == "ttl"
         self._next_ttl = self.config.ttl or math.inf
         if self._expiring:
-            self._store: cachetools.Cache[Any, Any] = cachetools.TLRUCache(
+            # Any: cachetools >= 6 ships types in which the base Cache has no expire().
+            self._store: Any = cachetools.TLRUCache(
                 maxsize=limit, ttu=self._time_to_use, timer=time.monotonic
             )
         else:

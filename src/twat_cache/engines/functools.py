@@ -79,7 +79,13 @@ class FunctoolsEngine(BaseEngine):
         if self._plain is not None:
             return self._plain.pop(key, MISS) is not MISS
         with self._lock:
-            return self._store.pop(key, MISS) is not MISS
+            entry = self._store.pop(key, MISS)
+        if entry is MISS:
+            return False
+        if self._expiring:  # an expired entry was already gone as far as a reader knows
+            deadline = entry[0]
+            return deadline is None or deadline > time.monotonic()
+        return True
 
     def clear(self) -> None:
         if self._plain is not None:

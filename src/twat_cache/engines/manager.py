@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
@@ -109,14 +109,14 @@ class CacheEngineManager:
         module_name, _, attr = spec.partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), attr)
-            if not isinstance(cls, type):
-                raise TypeError(f"{spec} is not a class")
+            if not is_engine_class(cls):
+                raise TypeError(f"{spec} is not a class with the engine operations")
         except Exception as exc:  # a missing library, or one that breaks on import
             reason = f"{name}: {type(exc).__name__}: {exc}"
             self._import_errors[name] = reason
             raise EngineUnavailableError(reason) from exc
         self._loaded[name] = cls
-        return cls
+        return cast(type[Any], cls)
 
     def available(self, config: CacheConfig | None = None) -> dict[str, str | None]:
         """Every registered engine mapped to None if it can serve `config`, else the reason."""
@@ -124,8 +124,9 @@ class CacheEngineManager:
         result: dict[str, str | None] = {}
         for name in self.registered():
             engine, reason = self._try_build(name, config)
-            if engine is not None:
-                engine.close()
+            close = getattr(engine, "close", None)
+            if callable(close):
+                close()
             result[name] = reason
         return result
 
@@ -138,17 +139,17 @@ class CacheEngineManager:
         the kind's). An unknown name raises `ConfigurationError`; a known engine that is
         unavailable falls back along the chain with one warning.
         """
+        preferred = config.cache_engine
+        if preferred is not None and preferred not in CHAINS and preferred not in self._specs:
+            raise ConfigurationError(self._unknown(preferred))
         if config.maxsize == 0:
             return NullEngine(config)
-        preferred = config.cache_engine
         if preferred is None:
             names = self.chain(kind)
         elif preferred in CHAINS:
             names = self.chain(preferred)
-        elif preferred in self._specs:
-            names = (preferred, *(n for n in self.chain(kind) if n != preferred))
         else:
-            raise ConfigurationError(self._unknown(preferred))
+            names = (preferred, *(n for n in self.chain(kind) if n != preferred))
         reasons: dict[str, str] = {}
         for name in names:
             engine, reason = self._try_build(name, config)
