@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
-__all__ = ["CacheInfo", "CachedFunction", "P", "R"]
+from typing_extensions import Self
+
+__all__ = [
+    "BoundCachedFunction",
+    "CacheDecorator",
+    "CacheInfo",
+    "CachedClassMethod",
+    "CachedFunction",
+    "CachedStaticMethod",
+    "P",
+    "R",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_P2 = ParamSpec("_P2")
+_R2 = TypeVar("_R2")
+_S = TypeVar("_S")
+_R_co = TypeVar("_R_co", covariant=True)
 
 
 class CacheInfo(NamedTuple):
@@ -39,4 +54,56 @@ class CachedFunction(Protocol, Generic[P, R]):
     def cache_delete(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     async def acache_delete(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+    def cache_parameters(self) -> dict[str, Any]: ...
+
+    # A cached method read from an instance binds it, as a function does: the type
+    # checker then sees the parameters after `self`.
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[_S, _P2], _R2],
+        instance: _S,
+        owner: type[Any] | None = None,
+    ) -> BoundCachedFunction[_P2, _R2]: ...
+    def __get__(self, instance: Any, owner: Any = None) -> Any: ...
+
+
+class CachedStaticMethod(Protocol, Generic[P, R]):
+    """A cached `staticmethod`: reading it from the class or an instance binds nothing."""
+
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> CachedFunction[P, R]: ...
+
+
+class CachedClassMethod(Protocol, Generic[P, _R_co]):
+    """A cached `classmethod`: reading it binds the class."""
+
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None
+    ) -> BoundCachedFunction[P, _R_co]: ...
+
+
+class CacheDecorator(Protocol):
+    """What a called decorator (``mcache(maxsize=...)``) returns."""
+
+    @overload
+    def __call__(self, func: staticmethod[P, R], /) -> CachedStaticMethod[P, R]: ...  # type: ignore[overload-overlap]  # a staticmethod is also callable; this overload is the precise one
+    @overload
+    def __call__(self, func: classmethod[Any, P, R], /) -> CachedClassMethod[P, R]: ...
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> CachedFunction[P, R]: ...
+
+
+class BoundCachedFunction(Protocol, Generic[P, _R_co]):
+    """A cached method bound to its instance: the method's parameters after `self`, and
+    the cache attributes of the function (shared by every instance)."""
+
+    __wrapped__: Callable[..., Any]
+    cache_engine: Any
+    cache_name: str
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> _R_co: ...
+    def cache_info(self) -> CacheInfo: ...
+    def cache_clear(self) -> None: ...
+    async def acache_clear(self) -> None: ...
     def cache_parameters(self) -> dict[str, Any]: ...

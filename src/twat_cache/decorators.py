@@ -10,7 +10,14 @@ from typing import Any, Literal, TypedDict, overload
 from typing_extensions import Unpack
 
 from twat_cache import registry
-from twat_cache._types import CachedFunction, P, R
+from twat_cache._types import (
+    CachedClassMethod,
+    CacheDecorator,
+    CachedFunction,
+    CachedStaticMethod,
+    P,
+    R,
+)
 from twat_cache._wrap import wrap
 from twat_cache.config import CacheConfig
 from twat_cache.engines.manager import get_manager
@@ -86,17 +93,20 @@ def _apply(kind: str, decorator: str, func: Any, config: CacheConfig) -> Any:
 
 def _decorator(kind: str, decorator: str, func: Any, options: dict[str, Any]) -> Any:
     config = resolve_config(options)  # validated here, at decoration time, never per call
+    get_manager().check_name(config.cache_engine)
     if func is None:
         return lambda f: _apply(kind, decorator, f, config)
     return _apply(kind, decorator, func, config)
 
 
 @overload
+def mcache(func: staticmethod[P, R], /) -> CachedStaticMethod[P, R]: ...  # type: ignore[overload-overlap]  # the precise overload for a staticmethod
+@overload
+def mcache(func: classmethod[Any, P, R], /) -> CachedClassMethod[P, R]: ...
+@overload
 def mcache(func: Callable[P, R], /) -> CachedFunction[P, R]: ...
 @overload
-def mcache(
-    func: None = None, /, **options: Unpack[CacheOptions]
-) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
+def mcache(func: None = None, /, **options: Unpack[CacheOptions]) -> CacheDecorator: ...
 def mcache(func: Any = None, /, **options: Any) -> Any:
     """Cache a function in process memory (cachebox → cachetools → functools).
 
@@ -114,11 +124,13 @@ def mcache(func: Any = None, /, **options: Any) -> Any:
 
 
 @overload
+def acache(func: staticmethod[P, R], /) -> CachedStaticMethod[P, R]: ...  # type: ignore[overload-overlap]  # the precise overload for a staticmethod
+@overload
+def acache(func: classmethod[Any, P, R], /) -> CachedClassMethod[P, R]: ...
+@overload
 def acache(func: Callable[P, R], /) -> CachedFunction[P, R]: ...
 @overload
-def acache(
-    func: None = None, /, **options: Unpack[CacheOptions]
-) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
+def acache(func: None = None, /, **options: Unpack[CacheOptions]) -> CacheDecorator: ...
 def acache(func: Any = None, /, **options: Any) -> Any:
     """Cache an `async def` function's awaited result, with one computation per cold key
     however many tasks await it at once.

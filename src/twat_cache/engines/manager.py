@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
-from twat_cache.engines.base import NullEngine
+from twat_cache.engines.base import NullEngine, capabilities_of
 from twat_cache.exceptions import ConfigurationError, EngineUnavailableError
 from twat_cache.logging import logger
 
@@ -27,6 +27,8 @@ CHAINS: Mapping[str, tuple[str, ...]] = {
     "file": ("joblib", "klepto", *_MEMORY),
     "redis": ("redis",),
 }
+
+_PERSISTENT_KINDS = frozenset({"disk", "file"})
 
 # Engines are named by "module:Class" so that importing twat_cache imports no backend
 # library; a class is loaded the first time a cache asks for it.
@@ -139,9 +141,8 @@ class CacheEngineManager:
         the kind's). An unknown name raises `ConfigurationError`; a known engine that is
         unavailable falls back along the chain with one warning.
         """
+        self.check_name(config.cache_engine)
         preferred = config.cache_engine
-        if preferred is not None and preferred not in CHAINS and preferred not in self._specs:
-            raise ConfigurationError(self._unknown(preferred))
         if config.maxsize == 0:
             return NullEngine(config)
         if preferred is None:
@@ -162,9 +163,21 @@ class CacheEngineManager:
                     f"cache engine {preferred!r} is unavailable ({reasons[preferred]}); "
                     f"using {name!r} instead"
                 )
+            chain_kind = preferred if preferred in CHAINS else kind
+            if chain_kind in _PERSISTENT_KINDS and not capabilities_of(engine).persistent:
+                warn(
+                    f"no persistent engine can serve this {chain_kind} cache "
+                    f"({'; '.join(f'{n}: {r}' for n, r in reasons.items()) or 'none registered'}); "
+                    f"using the in-memory {name!r} engine: entries will not survive the process"
+                )
             return engine
         detail = "; ".join(f"{n}: {r}" for n, r in reasons.items()) or "no engine registered"
         raise ConfigurationError(f"no {kind} engine can serve this configuration ({detail})")
+
+    def check_name(self, name: str | None) -> None:
+        """Raise `ConfigurationError` unless `name` is None, an alias or a registered engine."""
+        if name is not None and name not in CHAINS and name not in self._specs:
+            raise ConfigurationError(self._unknown(name))
 
     def _try_build(self, name: str, config: CacheConfig) -> tuple[Any, str | None]:
         try:

@@ -1,0 +1,56 @@
+# twat-cache developer tasks. Only `python3` is needed: the first target run builds .venv.
+#   make demo    a short tour of the decorators (scripts/demo.py)
+#   make test    the whole test suite (extra pytest options: make test PYTEST_ARGS="-x -k ttl")
+#   make lint    ruff format --check, ruff check, mypy --strict
+#   make bench   benchmarks against functools and peer libraries (BENCH_ARGS="--quick")
+#   make clean   remove .venv, caches and build artefacts
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# What type checkers see of the public API (tests/typing); files named bad_*.py hold calls
+# that must fail type checking (tests/test_typing.py checks them), so lint leaves them out.
+TYPING_CHECKS := $(filter-out tests/typing/bad_%,$(wildcard tests/typing/*.py))
+# Stamps: installing is skipped until pyproject.toml changes (or the venv is removed).
+STAMP       := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.DEFAULT_GOAL := test
+.PHONY: demo test lint bench clean
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy --strict src
+	$(if $(TYPING_CHECKS),$(BIN)/mypy $(TYPING_CHECKS))
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# Built only when .venv has no interpreter; an existing venv is reused as it is.
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "twat-cache needs Python >= 3.10, $(PYTHON) is " + sys.version.split()[0]'
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "error: $(PYTHON) cannot create a venv (on Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	@touch $@
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[all,dev,bench]'
+	$(BIN)/python -m pip install --quiet --no-deps 'asyncache>=0.3'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) build dist .eggs *.egg-info src/*.egg-info \
+	  .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
