@@ -1,0 +1,951 @@
+#!/usr/bin/env python3
+"""Benchmark twat_cache against functools and its peer caching libraries, in one run.
+
+    .venv/bin/python scripts/bench.py [--quick] [--only NAME[,NAME]] [--json PATH] [--list]
+
+Every workload is measured in rounds. Inside a round each adapter takes one
+sample (a fixed number of calls timed with ``time.perf_counter_ns``, the GC
+disabled), and the adapter order is rotated from round to round so that drift
+of the machine (turbo, noisy neighbours) is shared out evenly. Tables show the
+median ns/call over the rounds with min/max, and the ratio to the workload's
+baseline, computed per round (paired) and then the median taken. Every
+``TARGET`` line is such a paired ratio.
+
+The bench reports, it does not gate: the exit code is 0 even when a target is
+missed, 1 when twat_cache cannot be imported or one of its adapters raises or
+fails a sanity check, 2 on a usage error.
+
+Adding a workload (disk, redis, ...): add a ``Workload`` to ``WORKLOADS`` and
+register adapter factories for it with ``@adapter("name", ...)``. A factory takes
+the run ``Ctx`` and returns the thing the workload's loop calls (a function,
+or an object with ``.m`` for the "method" loop). Peers list the modules they
+``need``; a missing one skips the row with a note instead of failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import importlib
+import importlib.metadata as metadata
+import inspect
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+from typing import Any
+
+NKEYS = 1000
+MAXSIZE = 1024
+TTL_SECONDS = 3600
+NMIXED = 8  # distinct warm argument sets of the mixed workload
+TIMES = "\u00d7"  # the multiplication sign of the report, kept out of the source
+
+# --------------------------------------------------------------------------
+# the cached functions: each adapter wraps its own copy (own __qualname__) so
+# twat_cache's registry sees distinct names and no adapter shares state
+# --------------------------------------------------------------------------
+
+
+def work(x: int) -> int:
+    return x * 2 + 1
+
+
+def work_mixed(a: int, b: str, c: tuple[int, ...], d: dict[str, list[int]] | None = None) -> int:
+    return a * 3 + len(b) + len(c) + (len(d) if d else 0)
+
+
+async def awork(x: int) -> int:
+    return x * 2 + 1
+
+
+_copies = [0]
+
+
+def fresh(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A new function object with fn's code and a unique qualname."""
+    _copies[0] += 1
+    new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
+    new.__qualname__ = f"{fn.__qualname__}_{_copies[0]}"
+    new.__module__ = fn.__module__
+    return new
+
+
+def mixed_argsets() -> list[tuple[Any, ...]]:
+    """The `f(1, "a", (1, 2), d={"k": [1]})` shape, NMIXED variants, built once
+    and reused so that no adapter pays for building the arguments."""
+    return [(i, "ab"[i % 2], (1, 2), {"k": [i]}) for i in range(1, NMIXED + 1)]
+
+
+# --------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """``le``: ours_ns / ref_ns <= bound.  ``ge``: ref_ns / ours_ns >= bound."""
+
+    ours: str
+    ref: str
+    op: str
+    bound: float
+
+
+@dataclass
+class Adapter:
+    name: str
+    factory: Callable[[Ctx], Any]
+    role: str  # baseline | ours | peer | ref
+    ours: bool = False
+    needs: tuple[str, ...] = ()
+    note: str = ""
+    scale: float = 1.0  # fraction of the workload's calls per sample (slow peers)
+    loop: str | None = None  # loop shape when not the workload's (e.g. "method")
+
+
+@dataclass
+class Workload:
+    name: str
+    title: str
+    mode: str  # hit | miss
+    loop: str  # call | method | mixed (a key of LOOP_SHAPES)
+    is_async: bool
+    baseline: str
+    maxsize: int | None
+    items: Callable[[], list[Any]]  # the warm keys / argument sets (hit mode)
+    expect: Callable[[Any], Any]  # expected result for one item
+    targets: list[Target] = field(default_factory=list)
+    adapters: list[Adapter] = field(default_factory=list)
+
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+def workload(wl: Workload) -> Workload:
+    WORKLOADS[wl.name] = wl
+    return wl
+
+
+def adapter(
+    names: str | list[str],
+    label: str,
+    *,
+    role: str = "peer",
+    ours: bool = False,
+    needs: tuple[str, ...] = (),
+    note: str = "",
+    scale: float = 1.0,
+    loop: str | None = None,
+) -> Callable[[Callable[[Ctx], Any]], Callable[[Ctx], Any]]:
+    """Register a factory as adapter `label` of the workload(s) `names`."""
+    wnames = [names] if isinstance(names, str) else names
+
+    def deco(factory: Callable[[Ctx], Any]) -> Callable[[Ctx], Any]:
+        for wname in wnames:
+            WORKLOADS[wname].adapters.append(
+                Adapter(label, factory, role, ours, needs, note, scale, loop)
+            )
+        return factory
+
+    return deco
+
+
+@dataclass
+class Ctx:
+    """What a factory gets: the workload and its parameters."""
+
+    wl: Workload
+    maxsize: int | None
+    items: list[Any]
+
+
+def tw() -> types.ModuleType:
+    return importlib.import_module("twat_cache")
+
+
+def mod(name: str) -> types.ModuleType:
+    return importlib.import_module(name)
+
+
+def _ident(x: Any) -> Any:
+    return x
+
+
+# --------------------------------------------------------------------------
+# workloads
+# --------------------------------------------------------------------------
+
+SYNC_HIT = ["hit"]
+workload(
+    Workload(
+        "hit",
+        "sync hit: f(x: int) -> int, 1000 warm keys cycled, bounded LRU maxsize=1024",
+        mode="hit",
+        loop="call",
+        is_async=False,
+        baseline="functools.lru_cache(maxsize=1024)",
+        maxsize=MAXSIZE,
+        items=lambda: list(range(NKEYS)),
+        expect=work,
+        targets=[
+            Target("mcache(maxsize=1024)", "functools.lru_cache(maxsize=1024)", "le", 3.0),
+            Target("mcache(maxsize=1024)", "cachebox.cached(LRUCache(1024))", "ge", 2.5),
+        ],
+    )
+)
+workload(
+    Workload(
+        "hit_unbounded",
+        "sync hit: f(x: int) -> int, 1000 warm keys cycled, unbounded",
+        mode="hit",
+        loop="call",
+        is_async=False,
+        baseline="functools.lru_cache(maxsize=None)",
+        maxsize=None,
+        items=lambda: list(range(NKEYS)),
+        expect=work,
+        targets=[Target("mcache(maxsize=None)", "functools.lru_cache(maxsize=None)", "le", 2.0)],
+    )
+)
+workload(
+    Workload(
+        "miss",
+        "miss + store: all-unique int keys (fresh counter), bounded maxsize=1024 (evicting)",
+        mode="miss",
+        loop="call",
+        is_async=False,
+        baseline="functools.lru_cache(maxsize=1024)",
+        maxsize=MAXSIZE,
+        items=lambda: [],
+        expect=work,
+        targets=[Target("mcache(maxsize=1024)", "functools.lru_cache(maxsize=1024)", "le", 4.0)],
+    )
+)
+workload(
+    Workload(
+        "mixed",
+        'mixed-argument hit: f(1, "a", (1, 2), d={"k": [1]}), 8 warm argument sets',
+        mode="hit",
+        loop="mixed",
+        is_async=False,
+        baseline="hand-built key + dict",
+        maxsize=MAXSIZE,
+        items=lambda: mixed_argsets() * (NKEYS // NMIXED),
+        expect=lambda it: work_mixed(it[0], it[1], it[2], d=it[3]),
+        targets=[Target("mcache(maxsize=1024)", "hand-built key + dict", "le", 2.0)],
+    )
+)
+workload(
+    Workload(
+        "async_hit",
+        "async hit: async def f(x: int) -> int, 1000 warm keys, sequential awaits in one loop",
+        mode="hit",
+        loop="call",
+        is_async=True,
+        baseline="floor: await coroutine doing dict lookup",
+        maxsize=MAXSIZE,
+        items=lambda: list(range(NKEYS)),
+        expect=work,
+        targets=[
+            Target("acache(maxsize=1024)", "floor: await coroutine doing dict lookup", "le", 2.5),
+            Target("acache(maxsize=1024)", "cachebox.cached(LRUCache(1024))", "ge", 2.0),
+        ],
+    )
+)
+
+# ---- sync, hit + miss (int key) -------------------------------------------
+
+INT_SYNC = ["hit", "miss"]
+
+
+@adapter(INT_SYNC, "functools.lru_cache(maxsize=1024)", role="baseline")
+def _lru(ctx: Ctx) -> Any:
+    return functools.lru_cache(maxsize=ctx.maxsize)(fresh(work))
+
+
+@adapter([*INT_SYNC, "mixed"], "mcache(maxsize=1024)", role="ours", ours=True)
+def _mcache(ctx: Ctx) -> Any:
+    fn = work_mixed if ctx.wl.loop == "mixed" else work
+    return tw().mcache(maxsize=MAXSIZE)(fresh(fn))
+
+
+@adapter([*INT_SYNC, "mixed"], "cachebox.cached(LRUCache(1024))", needs=("cachebox",))
+def _cachebox_lru(ctx: Ctx) -> Any:
+    cb = mod("cachebox")
+    fn = work_mixed if ctx.wl.loop == "mixed" else work
+    return cb.cached(cb.LRUCache(MAXSIZE))(fresh(fn))
+
+
+@adapter([*INT_SYNC, "mixed"], "cachetools.cached(LRUCache(1024))", needs=("cachetools",))
+def _cachetools_lru(ctx: Ctx) -> Any:
+    ct = mod("cachetools")
+    fn = work_mixed if ctx.wl.loop == "mixed" else work
+    return ct.cached(ct.LRUCache(MAXSIZE))(fresh(fn))
+
+
+@adapter([*SYNC_HIT, "hit_unbounded"], "raw dict.get (bound method)", role="ref")
+def _raw_dict(ctx: Ctx) -> Any:
+    return {k: work(k) for k in ctx.items}.get
+
+
+@adapter(SYNC_HIT, "cachetools.cached(TTLCache(1024, ttl=3600))", role="ref", needs=("cachetools",))
+def _cachetools_ttl(ctx: Ctx) -> Any:
+    ct = mod("cachetools")
+    return ct.cached(ct.TTLCache(MAXSIZE, ttl=TTL_SECONDS))(fresh(work))
+
+
+@adapter(SYNC_HIT, "cachebox.cached(TTLCache(1024, 3600))", role="ref", needs=("cachebox",))
+def _cachebox_ttl(ctx: Ctx) -> Any:
+    cb = mod("cachebox")
+    return cb.cached(cb.TTLCache(MAXSIZE, TTL_SECONDS))(fresh(work))
+
+
+@adapter(SYNC_HIT, 'mcache(maxsize=1024, ttl="1h")', role="ref", ours=True)
+def _mcache_ttl(ctx: Ctx) -> Any:
+    return tw().mcache(maxsize=MAXSIZE, ttl="1h")(fresh(work))
+
+
+@adapter(
+    SYNC_HIT, "cachetools.cached(LRUCache(1024), lock=RLock())", role="ref", needs=("cachetools",)
+)
+def _cachetools_rlock(ctx: Ctx) -> Any:
+    ct = mod("cachetools")
+    return ct.cached(ct.LRUCache(MAXSIZE), lock=threading.RLock())(fresh(work))
+
+
+def _method_holder(deco: Callable[[Any], Any]) -> Any:
+    class Holder:
+        def m(self, x: int) -> int:
+            return x * 2 + 1
+
+    Holder.m = deco(Holder.m)  # type: ignore[method-assign]  # decorate as a class body would
+    return Holder()
+
+
+@adapter(SYNC_HIT, "mcache(maxsize=1024) method obj.m(x)", role="ref", ours=True, loop="method")
+def _mcache_method(ctx: Ctx) -> Any:
+    return _method_holder(tw().mcache(maxsize=MAXSIZE))
+
+
+@adapter(SYNC_HIT, "functools.lru_cache(1024) method obj.m(x)", role="ref", loop="method")
+def _lru_method(ctx: Ctx) -> Any:
+    return _method_holder(functools.lru_cache(maxsize=MAXSIZE))
+
+
+# ---- sync, unbounded --------------------------------------------------------
+
+
+@adapter("hit_unbounded", "functools.lru_cache(maxsize=None)", role="baseline")
+def _lru_none(ctx: Ctx) -> Any:
+    return functools.lru_cache(maxsize=None)(fresh(work))
+
+
+@adapter("hit_unbounded", "mcache(maxsize=None)", role="ours", ours=True)
+def _mcache_none(ctx: Ctx) -> Any:
+    return tw().mcache(maxsize=None)(fresh(work))
+
+
+@adapter("hit_unbounded", "cachebox.cached(Cache(0)) (unbounded)", needs=("cachebox",))
+def _cachebox_none(ctx: Ctx) -> Any:
+    cb = mod("cachebox")
+    return cb.cached(cb.Cache(0))(fresh(work))
+
+
+@adapter("hit_unbounded", "cachetools.cached({}) (plain dict)", needs=("cachetools",))
+def _cachetools_dict(ctx: Ctx) -> Any:
+    ct = mod("cachetools")
+    return ct.cached({})(fresh(work))
+
+
+# ---- mixed arguments ----------------------------------------------------------
+
+
+@adapter("mixed", "hand-built key + dict", role="baseline")
+def _handkey(ctx: Ctx) -> Any:
+    store: dict[Any, int] = {}
+    fn = fresh(work_mixed)
+
+    def wrapper(  # written for this one signature
+        a: int, b: str, c: tuple[int, ...], d: dict[str, list[int]] | None = None
+    ) -> int:
+        key = (
+            a,
+            b,
+            c,
+            tuple(sorted((k, tuple(v)) for k, v in d.items())) if d is not None else None,
+        )
+        try:  # a hit never raises: the fastest hand-written hit path
+            return store[key]
+        except KeyError:
+            value: int = fn(a, b, c, d=d)
+            store[key] = value
+            return value
+
+    return wrapper
+
+
+@adapter("mixed", "functools.lru_cache(maxsize=1024)")
+def _lru_mixed(ctx: Ctx) -> Any:
+    return functools.lru_cache(maxsize=MAXSIZE)(fresh(work_mixed))
+
+
+# ---- async -------------------------------------------------------------------
+# async factories run inside the workload's event loop
+
+
+@adapter("async_hit", "floor: await coroutine doing dict lookup", role="baseline")
+def _afloor(ctx: Ctx) -> Any:
+    table = {k: work(k) for k in ctx.items}
+
+    async def floor(x: int) -> int:
+        return table[x]
+
+    return floor
+
+
+@adapter("async_hit", "acache(maxsize=1024)", role="ours", ours=True)
+def _acache(ctx: Ctx) -> Any:
+    return tw().acache(maxsize=MAXSIZE)(fresh(awork))
+
+
+@adapter("async_hit", "cachebox.cached(LRUCache(1024))", needs=("cachebox",))
+def _cachebox_async(ctx: Ctx) -> Any:
+    cb = mod("cachebox")
+    return cb.cached(cb.LRUCache(MAXSIZE))(fresh(awork))
+
+
+@adapter(
+    "async_hit", "asyncache.cached(cachetools.LRUCache(1024))", needs=("asyncache", "cachetools")
+)
+def _asyncache(ctx: Ctx) -> Any:
+    ac, ct = mod("asyncache"), mod("cachetools")
+    return ac.cached(ct.LRUCache(MAXSIZE))(fresh(awork))
+
+
+@adapter(
+    "async_hit",
+    "aiocache.cached (SimpleMemoryCache)",
+    role="ref",
+    needs=("aiocache",),
+    scale=0.1,
+    note="1/10 of the calls per sample (slow)",
+)
+def _aiocache(ctx: Ctx) -> Any:
+    return mod("aiocache").cached()(fresh(awork))
+
+
+# --------------------------------------------------------------------------
+# timed loops
+# --------------------------------------------------------------------------
+
+# (loop target, call expression): the call each workload's loop makes
+LOOP_SHAPES = {
+    "call": ("k", "f(k)"),
+    "method": ("k", "f.m(k)"),
+    "mixed": ("a, b, c, d", "f(a, b, c, d=d)"),
+}
+
+
+def make_loop(shape: str, is_async: bool, tag: str) -> Callable[..., Any]:
+    """Compile a timed loop for one adapter.
+
+    Each adapter gets its own code object, hence its own call site: the
+    specializing interpreter (3.11+) keeps inline caches per code object, and a
+    shared loop would make one adapter time the re-specialization left behind
+    by the previous one.
+    """
+    target, call = LOOP_SHAPES[shape]
+    src = (
+        f"{'async ' if is_async else ''}def timed(f, keys, passes, clock=clock):\n"
+        f"    t0 = clock()\n"
+        f"    for _ in range(passes):\n"
+        f"        for {target} in keys:\n"
+        f"            {'await ' if is_async else ''}{call}\n"
+        f"    return clock() - t0\n"
+    )
+    ns: dict[str, Any] = {"clock": perf_counter_ns}
+    exec(compile(src, f"<bench-loop {tag}>", "exec"), ns)
+    timed: Callable[..., Any] = ns["timed"]
+    return timed
+
+
+def call_once(shape: str, f: Any, item: Any) -> Any:
+    if shape == "method":
+        return f.m(item)
+    if shape == "mixed":
+        return f(item[0], item[1], item[2], d=item[3])
+    return f(item)
+
+
+# --------------------------------------------------------------------------
+# runner
+# --------------------------------------------------------------------------
+
+
+class SanityError(Exception):
+    """The adapter did not behave as the workload assumes (e.g. a hit loop missed)."""
+
+
+@dataclass
+class Row:
+    ad: Adapter
+    samples: dict[int, float] = field(default_factory=dict)  # round -> ns/call
+    engine: str = ""
+    skipped: str = ""
+    error: str = ""
+    warnings: list[str] = field(default_factory=list)
+    ratios: dict[int, float] = field(default_factory=dict)  # round -> ns / baseline ns
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.samples.values()) if self.samples else None
+
+
+@dataclass
+class State:
+    row: Row
+    subject: Any
+    timed: Callable[..., Any]
+    shape: str
+    info: Callable[[], Any] | None
+    calls: int
+
+
+def _missing(needs: tuple[str, ...]) -> str | None:
+    for name in needs:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # any import failure means "not available"
+            return f"skipped: {name} not importable ({type(e).__name__})"
+    return None
+
+
+def _cache_attr(subject: Any, shape: str, attr: str) -> Any:
+    """Find `attr` (cache_info, cache_engine) on a decorated function, or for a
+    method on the class attribute or the bound method."""
+    holders = (
+        [subject]
+        if shape != "method"
+        else [getattr(type(subject), "m", None), getattr(subject, "m", None)]
+    )
+    for h in holders:
+        value = getattr(h, attr, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:200]
+
+
+class Runner:
+    """Measures one workload; sync and async share the logic, async work is
+    driven through one event loop kept for the whole workload."""
+
+    def __init__(self, wl: Workload, cfg: argparse.Namespace, log: Callable[[str], None]):
+        self.wl, self.cfg, self.log = wl, cfg, log
+        self.loop = asyncio.new_event_loop() if wl.is_async else None
+        self.next_key = 1 << 40  # the miss workload's fresh counter: never a warm key
+
+    def drive(self, value: Any) -> Any:
+        if self.loop is not None and inspect.isawaitable(value):
+            return self.loop.run_until_complete(_await(value))
+        return value
+
+    def info(self, st: State) -> Any:
+        return self.drive(st.info()) if st.info else None
+
+    def fresh_keys(self, n: int) -> range:
+        keys = range(self.next_key, self.next_key + n)
+        self.next_key += n
+        return keys
+
+    def setup(self, ad: Adapter, items: list[Any]) -> State | Row:
+        row = Row(ad)
+        missing = _missing(ad.needs)
+        if missing:
+            row.skipped = missing
+            return row
+        wl = self.wl
+        shape = ad.loop or wl.loop
+        ctx = Ctx(wl, wl.maxsize, items)
+        try:
+            subject = self.drive(_call_in_loop(ad.factory, ctx)) if self.loop else ad.factory(ctx)
+            timed = make_loop(shape, wl.is_async, ad.name)
+            engine = _cache_attr(subject, shape, "cache_engine")
+            if engine is not None:
+                row.engine = str(getattr(engine, "name", type(engine).__name__))
+            info = _cache_attr(subject, shape, "cache_info")
+            if ad.ours and info is None:
+                raise SanityError("no cache_info() on the decorated function")
+            calls = max(1, int(self.cfg.calls * ad.scale))
+            st = State(row, subject, timed, shape, info, calls)
+            if wl.mode == "hit":
+                self.drive(timed(subject, items, 1))  # cold pass: stores every key
+                for item in items[:: max(1, len(items) // 25)]:
+                    got = self.drive(call_once(shape, subject, item))
+                    if got != wl.expect(item):
+                        raise SanityError(f"wrong result for {item!r}: {got!r}")
+                self.drive(timed(subject, items, 1))  # warm pass: hits only
+            else:
+                # fill past maxsize so that timed samples run in steady eviction
+                self.drive(timed(subject, self.fresh_keys(2 * (wl.maxsize or NKEYS)), 1))
+                probe = self.next_key - 1
+                got = self.drive(call_once(shape, subject, probe))
+                if got != wl.expect(probe):
+                    raise SanityError(f"wrong result for {probe!r}: {got!r}")
+            return st
+        except Exception as e:
+            row.error = _err(e)
+            return row
+
+    def sample(self, st: State, items: list[Any]) -> float:
+        wl = self.wl
+        before = self.info(st)
+        if wl.mode == "hit":
+            passes = max(1, round(st.calls / len(items)))
+            keys: Sequence[Any] = items
+            n = passes * len(items)
+        else:
+            passes, keys = 1, self.fresh_keys(st.calls)
+            n = st.calls
+        gc.collect()
+        gc.disable()
+        try:
+            elapsed = self.drive(st.timed(st.subject, keys, passes))
+        finally:
+            gc.enable()
+        after = self.info(st)
+        if before is not None and after is not None:
+            self.check(st.row, before, after, n)
+        return float(elapsed) / n
+
+    def check(self, row: Row, before: Any, after: Any, n: int) -> None:
+        dm = after.misses - before.misses
+        if self.wl.mode == "hit" and dm != 0:
+            raise SanityError(f"hit loop of {n} calls made {dm} misses")
+        dh = after.hits - before.hits
+        if self.wl.mode == "hit" and dh != n:
+            # the cache served the calls (no misses) but its counter is off
+            msg = f"warning: hits counter grew by {dh} over {n} hits"
+            if msg not in row.warnings:
+                row.warnings.append(msg)
+        if self.wl.mode == "miss" and dm != n:
+            raise SanityError(f"miss loop of {n} calls counted {dm} misses")
+        size = getattr(after, "currsize", None)
+        if self.wl.maxsize is not None and size is not None and size > self.wl.maxsize:
+            raise SanityError(f"currsize {size} > maxsize {self.wl.maxsize}")
+
+    def run(self) -> list[Row]:
+        wl = self.wl
+        items = wl.items()
+        rows: list[Row] = []
+        states: list[State] = []
+        for ad in wl.adapters:
+            got = self.setup(ad, items)
+            if isinstance(got, State):
+                states.append(got)
+                rows.append(got.row)
+            else:
+                rows.append(got)
+        for r in range(self.cfg.rounds):
+            self.log(f"  [{wl.name}] round {r + 1}/{self.cfg.rounds}")
+            k = r % len(states) if states else 0
+            for st in states[k:] + states[:k]:
+                if st.row.error:
+                    continue
+                try:
+                    st.row.samples[r] = self.sample(st, items)
+                except Exception as e:
+                    st.row.error = _err(e)
+        if self.loop is not None:
+            self.loop.close()
+        base = next((row for row in rows if row.ad.name == wl.baseline), None)
+        for row in rows:
+            if base is not None and not base.error:
+                row.ratios = {
+                    r: v / base.samples[r] for r, v in row.samples.items() if r in base.samples
+                }
+        return rows
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+async def _call_in_loop(factory: Callable[[Ctx], Any], ctx: Ctx) -> Any:
+    return factory(ctx)
+
+
+# --------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------
+
+LIBS = ["twat-cache", "cachebox", "cachetools", "asyncache", "aiocache"]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in LIBS:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def machine() -> dict[str, Any]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "",
+        "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+    }
+
+
+def _ns(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}{TIMES}"
+
+
+ROLE_ORDER = {"baseline": 0, "ours": 1, "peer": 2, "ref": 3}
+
+
+def table(wl: Workload, rows: list[Row]) -> list[str]:
+    rows = sorted(rows, key=lambda r: ROLE_ORDER.get(r.ad.role, len(ROLE_ORDER)))  # stable
+    w = max([len(r.ad.name) for r in rows] + [10])
+    out = [
+        "",
+        f"== {wl.name}: {wl.title}",
+        f"   ratio column: median of per-round (paired) ratios to the baseline, {wl.baseline}",
+        f"   {'adapter':<{w}}  {'role':<8} {'ns/call':>9} {'min':>9} {'max':>9} "
+        f"{TIMES + ' base':>7}  engine / note",
+    ]
+    for row in rows:
+        ad = row.ad
+        role = ad.role + ("*" if ad.ours and ad.role != "ours" else "")
+        notes = [
+            x
+            for x in (
+                row.engine and f"engine={row.engine}",
+                ad.note,
+                *row.warnings,
+                row.skipped,
+                row.error and (f"ERROR {row.error}" if ad.ours else f"cannot run: {row.error}"),
+            )
+            if x
+        ]
+        lo, hi = (
+            (min(row.samples.values()), max(row.samples.values())) if row.samples else (None, None)
+        )
+        ratio = statistics.median(row.ratios.values()) if row.ratios else None
+        out.append(
+            f"   {ad.name:<{w}}  {role:<8} {_ns(row.median):>9} {_ns(lo):>9} {_ns(hi):>9} "
+            f"{_x(ratio):>7}  {'; '.join(notes)}"
+        )
+    return out
+
+
+def evaluate(wl: Workload, rows: list[Row], t: Target) -> dict[str, Any]:
+    by = {r.ad.name: r for r in rows}
+    ours, ref = by.get(t.ours), by.get(t.ref)
+    sym = "≤" if t.op == "le" else "≥"
+    label = f"{t.ours} / {t.ref}" if t.op == "le" else f"{t.ref} / {t.ours}"
+    res: dict[str, Any] = {
+        "workload": wl.name,
+        "label": label,
+        "op": t.op,
+        "bound": t.bound,
+        "ours": t.ours,
+        "ref": t.ref,
+    }
+    res["engine"] = ours.engine if ours is not None else ""
+    problem = None
+    paired: list[float] = []
+    for who in (ref, ours):
+        if who is None:
+            problem = "adapter not registered"
+        elif who.skipped or who.error:
+            problem = who.skipped.removeprefix("skipped: ") or f"error in {who.ad.name}"
+    if problem is None and ours is not None and ref is not None:
+        for r, o in ours.samples.items():
+            if r in ref.samples:
+                x = ref.samples[r]
+                paired.append(o / x if t.op == "le" else x / o)
+        if not paired:
+            problem = "no paired samples"
+    if problem is not None:
+        status = "ERROR" if (ours is not None and ours.error) else "SKIP"
+        res.update(status=status, measured=None, note=problem)
+        res["line"] = (
+            f"TARGET {wl.name}: {label}  not measured "
+            f"(target {sym} {t.bound:.2f}{TIMES}) {status} ({problem})"
+        )
+        return res
+    m = statistics.median(paired)
+    ok = m <= t.bound if t.op == "le" else m >= t.bound
+    status = "PASS" if ok else "MISS"
+    res.update(status=status, measured=m, rounds=paired, min=min(paired), max=max(paired))
+    res["line"] = (
+        f"TARGET {wl.name}: {label}  measured {m:.2f}{TIMES} "
+        f"(target {sym} {t.bound:.2f}{TIMES}) {status}"
+        f"   [rounds {min(paired):.2f} .. {max(paired):.2f}; engine {res['engine'] or '?'}]"
+    )
+    return res
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument(
+        "--quick", action="store_true", help="3 rounds of 20k calls (default: 7 rounds of 200k)"
+    )
+    p.add_argument("--only", metavar="NAME[,NAME]", help="run only these workloads (see --list)")
+    p.add_argument("--json", metavar="PATH", help="write every result as JSON to PATH")
+    p.add_argument("--rounds", type=int, help="override the number of rounds")
+    p.add_argument("--calls", type=int, help="override the calls per sample")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    cfg = p.parse_args(argv)
+    cfg.rounds = cfg.rounds or (3 if cfg.quick else 7)
+    cfg.calls = cfg.calls or (20_000 if cfg.quick else 200_000)
+    if cfg.rounds < 1 or cfg.calls < 1:
+        p.error("--rounds and --calls must be positive")
+    names = list(WORKLOADS)
+    if cfg.only:
+        names = [n.strip() for n in cfg.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in WORKLOADS]
+        if unknown:
+            p.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+    cfg.names = names
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(argv)
+    if cfg.list:
+        for wl in WORKLOADS.values():
+            print(f"{wl.name:<14} {wl.title}")
+        return 0
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    mach, vers = machine(), versions()
+    import_error = None
+    try:
+        tw()
+    except Exception as e:
+        import_error = _err(e)
+
+    out = [
+        "twat-cache benchmark",
+        f"machine : {mach['platform']} ({mach['machine']}), {mach['python']}, "
+        f"cpu_count={mach['cpu_count']}, usable={mach['cpu_affinity']}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        f"method  : {cfg.rounds} rounds {TIMES} {cfg.calls:,} calls per sample, adapter order "
+        "rotated each round, GC disabled in timed regions, time.perf_counter_ns.",
+        "          ns/call is raw wall time per call INCLUDING the Python loop overhead (the same",
+        "          loop for every adapter, nothing subtracted): median over rounds, min/max over",
+        "          rounds; ratios are paired per round, then the median is taken.",
+        "          role '*' = a twat_cache row shown for reference.",
+    ]
+    if import_error:
+        out.append(f"ERROR   : twat_cache cannot be imported: {import_error}")
+    print("\n".join(out), flush=True)
+
+    results: dict[str, Any] = {}
+    targets: list[dict[str, Any]] = []
+    for name in cfg.names:
+        wl = WORKLOADS[name]
+        log(f"running {name} ...")
+        rows = Runner(wl, cfg, log).run()
+        print("\n".join(table(wl, rows)), flush=True)
+        targets += [evaluate(wl, rows, t) for t in wl.targets]
+        results[name] = {
+            "title": wl.title,
+            "baseline": wl.baseline,
+            "rows": [
+                {
+                    "adapter": r.ad.name,
+                    "role": r.ad.role,
+                    "ours": r.ad.ours,
+                    "engine": r.engine,
+                    "note": r.ad.note,
+                    "skipped": r.skipped,
+                    "error": r.error,
+                    "warnings": r.warnings,
+                    "samples_ns": [r.samples[k] for k in sorted(r.samples)],
+                    "median_ns": r.median,
+                    "min_ns": min(r.samples.values()) if r.samples else None,
+                    "max_ns": max(r.samples.values()) if r.samples else None,
+                    "ratio_to_baseline": statistics.median(r.ratios.values()) if r.ratios else None,
+                    "ratios_per_round": [r.ratios[k] for k in sorted(r.ratios)],
+                }
+                for r in rows
+            ],
+        }
+
+    print("\n== targets (paired per-round ratios, median)")
+    for t in targets:
+        print(t["line"])
+    elapsed = time.monotonic() - started
+    print(f"\n(total {elapsed:.1f} s)")
+
+    ours_errors = [
+        f"{name}: {row['adapter']}: {row['error']}"
+        for name, res in results.items()
+        for row in res["rows"]
+        if row["ours"] and row["error"]
+    ]
+    if cfg.json:
+        payload = {
+            "machine": mach,
+            "versions": vers,
+            "config": {
+                "quick": cfg.quick,
+                "rounds": cfg.rounds,
+                "calls": cfg.calls,
+                "workloads": cfg.names,
+            },
+            "twat_cache_import_error": import_error,
+            "workloads": results,
+            "targets": targets,
+            "ours_errors": ours_errors,
+            "elapsed_s": elapsed,
+        }
+        with open(cfg.json, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2)
+        log(f"wrote {cfg.json}")
+    if import_error or ours_errors:
+        log(
+            "FAILED: "
+            + ("twat_cache cannot be imported" if import_error else "; ".join(ours_errors))
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""A short tour of twat-cache: each decorator, the engine serving it, and what a hit saves."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+DECORATORS = ("mcache", "acache", "bcache", "fcache", "ucache")
+ASYNC_NATIVE = {"acache"}
+PERSISTENT = {"bcache", "fcache", "ucache"}
+WORK_SECONDS = 0.03  # what the "expensive" function costs on a miss
+CACHED_CALLS = 200  # hits timed per row; the median is reported
+
+
+@dataclass
+class Row:
+    label: str
+    engine: str = "-"
+    first: float | None = None
+    cached: float | None = None
+    hits_misses: str = "-"
+    note: str = ""
+
+
+def slow_square(x: int) -> int:
+    time.sleep(WORK_SECONDS)
+    return x * x
+
+
+async def slow_square_async(x: int) -> int:
+    await asyncio.sleep(WORK_SECONDS)
+    return x * x
+
+
+def accepts(decorator: Callable[..., Any], option: str) -> bool:
+    """Whether `decorator(option=...)` is allowed by its signature."""
+    try:
+        params = inspect.signature(decorator).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == option or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def decorate(name: str, decorator: Callable[..., Any], func: Callable[..., Any], label: str) -> Any:
+    options: dict[str, Any] = {}
+    # A registry name per row: the rows wrap the same two functions, whose default
+    # names (module.qualname) would otherwise collide.
+    if accepts(decorator, "name"):
+        options["name"] = f"demo.{label.replace(' ', '_')}"
+    if name in PERSISTENT and accepts(decorator, "folder_name"):
+        options["folder_name"] = f"demo_{name}"
+    return decorator(**options)(func) if options else decorator(func)
+
+
+def time_sync(cached: Any) -> tuple[float, float, int, list[int]]:
+    start = time.perf_counter()
+    first = cached(7)
+    first_time = time.perf_counter() - start
+    times, results = [], []
+    for _ in range(CACHED_CALLS):
+        start = time.perf_counter()
+        results.append(cached(7))
+        times.append(time.perf_counter() - start)
+    return first_time, statistics.median(times), first, results
+
+
+async def time_async(
+    cached: Callable[[int], Awaitable[int]],
+) -> tuple[float, float, int, list[int]]:
+    start = time.perf_counter()
+    first = await cached(7)
+    first_time = time.perf_counter() - start
+    times, results = [], []
+    for _ in range(CACHED_CALLS):
+        start = time.perf_counter()
+        results.append(await cached(7))
+        times.append(time.perf_counter() - start)
+    return first_time, statistics.median(times), first, results
+
+
+def measure(name: str, decorator: Callable[..., Any], is_async: bool, label: str) -> Row:
+    row = Row(label)
+    try:
+        func = slow_square_async if is_async else slow_square
+        cached = decorate(name, decorator, func, label)
+        row.engine = str(getattr(cached.cache_engine, "name", cached.cache_engine))
+        # A TWAT_CACHE_DIR set by the user may hold entries from an earlier run.
+        cached.cache_clear()
+        if is_async:
+            first_time, cached_time, first, results = asyncio.run(time_async(cached))
+        else:
+            first_time, cached_time, first, results = time_sync(cached)
+        if first != 49 or any(r != first for r in results):
+            row.note = f"wrong result: first {first!r}, later {set(results)!r}"
+            return row
+        row.first, row.cached = first_time, cached_time
+        info = cached.cache_info()
+        row.hits_misses = f"{info.hits}/{info.misses}"
+    except Exception as exc:  # one broken decorator must not hide the others
+        row.note = f"error: {type(exc).__name__}: {exc}"
+    return row
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.2f} us"
+
+
+def fmt_speedup(row: Row) -> str:
+    if row.first is None or not row.cached:
+        return "-"
+    return f"{row.first / row.cached:,.0f}x"
+
+
+def render(rows: list[Row]) -> str:
+    header = ("decorator", "engine", "first call", "cached call", "speed-up", "hits/misses")
+    cells = {
+        id(r): (
+            r.label,
+            r.engine,
+            fmt_time(r.first),
+            fmt_time(r.cached),
+            fmt_speedup(r),
+            r.hits_misses,
+        )
+        for r in rows
+        if not r.note
+    }
+    widths = [len(h) for h in header]
+    for values in cells.values():
+        widths = [max(w, len(v)) for w, v in zip(widths, values, strict=True)]
+    widths[0] = max(widths[0], *(len(r.label) for r in rows))
+
+    def line(values: tuple[str, ...]) -> str:
+        # Text columns left-aligned, numbers right-aligned.
+        return "  ".join(
+            v.ljust(w) if i < 2 else v.rjust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ).rstrip()
+
+    out = [line(header), line(tuple("-" * w for w in widths))]
+    for r in rows:
+        if r.note:
+            # A row that could not be measured keeps its place, with the reason in it.
+            out.append(f"{r.label.ljust(widths[0])}  {r.engine.ljust(widths[1])}  {r.note}")
+        else:
+            out.append(line(cells[id(r)]))
+    return "\n".join(out)
+
+
+def main() -> int:
+    scratch = None
+    if not os.environ.get("TWAT_CACHE_DIR"):
+        # Persistent caches made by the tour go to a temporary root, not the user's cache dir.
+        scratch = tempfile.TemporaryDirectory(prefix="twat-cache-demo-", ignore_cleanup_errors=True)
+        os.environ["TWAT_CACHE_DIR"] = scratch.name
+
+    import twat_cache
+
+    version = getattr(twat_cache, "__version__", "?")
+    print(f"twat-cache {version} on Python {sys.version.split()[0]}")
+    print(
+        f"Each function sleeps {WORK_SECONDS * 1e3:.0f} ms on a miss; 'cached call' is the "
+        f"median of {CACHED_CALLS} hits.\n"
+    )
+
+    rows: list[Row] = []
+    missing: list[str] = []
+    plan = [(name, name in ASYNC_NATIVE, name) for name in DECORATORS]
+    plan.insert(1, ("mcache", True, "mcache (async)"))
+    for name, is_async, label in plan:
+        decorator = getattr(twat_cache, name, None)
+        if decorator is None:
+            if name not in missing:
+                missing.append(name)
+            rows.append(Row(label, note="not available in this version"))
+            continue
+        rows.append(measure(name, decorator, is_async, label))
+
+    print(render(rows))
+    measured = [r for r in rows if not r.note]
+    failed = [r for r in rows if r.note and r.label.split()[0] not in missing]
+    print()
+    if measured:
+        speedups = [r.first / r.cached for r in measured if r.first and r.cached]
+        summary = (
+            f"{len(measured)} cached functions measured; a hit is "
+            f"{statistics.median(speedups):,.0f}x faster than a miss (median)"
+        )
+    else:
+        summary = "nothing could be measured"
+    if missing:
+        summary += f"; not in this version: {', '.join(missing)}"
+    if failed:
+        summary += f"; FAILED: {', '.join(r.label for r in failed)}"
+    print(summary + ".")
+
+    if scratch is not None:
+        scratch.cleanup()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

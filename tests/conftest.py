@@ -1,0 +1,174 @@
+"""Shared fixtures: a private cache root for every test, and one factory per registered engine.
+
+Extension point for engines added later: registering an engine in
+`twat_cache.engines.manager` is enough for it to join `tests/test_contract.py`. An engine
+that needs more than a `CacheConfig` to work gets it here:
+
+- `ENGINE_OPTIONS[name]`: config options merged under every config the factory builds
+  (a test's own options win), e.g. ``{"diskcache": {"folder_name": "contract"}}``;
+- `ENGINE_SETUP[name]`: a function of the pytest `request` returning more such options,
+  run once per test, e.g. to start a server and return its URL:
+  ``{"redis": lambda request: {"url": request.getfixturevalue("redis_url")}}``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from twat_cache import MISS, CacheConfig, mcache
+from twat_cache.engines.manager import get_manager
+from twat_cache.exceptions import EngineUnavailableError
+
+#: Config options an engine needs in every test (merged under the test's own options).
+ENGINE_OPTIONS: dict[str, dict[str, Any]] = {}
+
+#: Per-engine setup run once per test (server, folder...): returns more config options.
+ENGINE_SETUP: dict[str, Callable[[pytest.FixtureRequest], dict[str, Any]]] = {}
+
+#: Every engine registered on the process-wide manager, read at collection time, so an
+#: engine registered later (diskcache, joblib, klepto, aiocache, redis) joins automatically.
+ENGINE_NAMES: list[str] = get_manager().registered()
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point every cache (and every subprocess a test starts) at a fresh temporary root."""
+    root = tmp_path / "twat_cache_root"
+    root.mkdir()
+    monkeypatch.setenv("TWAT_CACHE_DIR", str(root))
+
+
+class EngineFactory:
+    """Builds engines of one registered kind, directly or behind `mcache`.
+
+    Calling it, ``make(**options)``, returns ``manager.load(name)(CacheConfig(**options))``
+    (with the engine's `ENGINE_OPTIONS`/`ENGINE_SETUP` options merged in), skipping the test
+    with the reason when the engine is unavailable or cannot serve those options. Every
+    engine it builds, and every engine behind a function it decorates, is closed at teardown.
+    """
+
+    def __init__(self, name: str, base_options: dict[str, Any]) -> None:
+        self.name = name
+        self.base_options = base_options
+        self._opened: list[Any] = []
+        try:
+            self.cls = get_manager().load(name)
+        except EngineUnavailableError as exc:
+            pytest.skip(f"engine {name!r} is unavailable: {exc}")
+
+    @property
+    def capabilities(self) -> Any:
+        return self.cls.capabilities
+
+    def options(self, **options: Any) -> dict[str, Any]:
+        """The engine's base options with `options` on top."""
+        return {**self.base_options, **options}
+
+    def config(self, **options: Any) -> CacheConfig:
+        return CacheConfig(**self.options(**options))
+
+    def unsupported(self, **options: Any) -> str | None:
+        """Why this engine cannot serve `options` (None when it can)."""
+        return self.cls.unsupported(self.config(**options))
+
+    def require(self, **options: Any) -> CacheConfig:
+        """The config for `options`, or skip the test when this engine cannot serve it."""
+        config = self.config(**options)
+        reason = self.cls.unsupported(config)
+        if reason:
+            pytest.skip(f"{self.name} cannot serve {options}: {reason}")
+        return config
+
+    def __call__(self, **options: Any) -> Any:
+        config = self.require(**options)
+        try:
+            engine = self.cls(config)
+        except Exception as exc:
+            pytest.skip(f"engine {self.name!r} could not be built: {type(exc).__name__}: {exc}")
+        self._opened.append(engine)
+        return engine
+
+    def mcache(self, **options: Any) -> Callable[[Any], Any]:
+        """`mcache(cache_engine=<this engine>, **options)`, checked to really use this engine."""
+        self.require(**options)
+
+        def decorate(func: Any) -> Any:
+            cached = mcache(cache_engine=self.name, **self.options(**options))(func)
+            assert cached.cache_engine.name == self.name, "the manager fell back silently"
+            self._opened.append(cached.cache_engine)
+            return cached
+
+        return decorate
+
+    def close_all(self) -> None:
+        for engine in reversed(self._opened):
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
+        self._opened.clear()
+
+
+@pytest.fixture(params=ENGINE_NAMES)
+def engine_factory(request: pytest.FixtureRequest) -> Iterator[EngineFactory]:
+    """A factory `make(**config_options) -> engine` for each registered engine in turn."""
+    name: str = request.param
+    base = dict(ENGINE_OPTIONS.get(name, {}))
+    setup = ENGINE_SETUP.get(name)
+    if setup is not None:
+        base.update(setup(request))
+    factory = EngineFactory(name, base)
+    yield factory
+    factory.close_all()
+
+
+def _hammer(engine: Any, *, threads: int = 8, seconds: float = 0.5, keys: int = 64) -> int:
+    """Let `threads` threads get/set/delete random keys of `engine` for `seconds`, then
+    check integrity: no thread raised, and every value read belongs to its key.
+
+    Returns the number of operations done (so a caller can check the threads really ran).
+    """
+    errors: list[BaseException] = []
+    counts = [0] * threads
+    barrier = threading.Barrier(threads)
+
+    def worker(index: int) -> None:
+        rng = random.Random(index)
+        barrier.wait()
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                key = rng.randrange(keys)
+                roll = rng.random()
+                if roll < 0.5:
+                    value = engine.get(key, MISS)
+                    if value is not MISS and value != ("value", key):
+                        raise AssertionError(f"key {key} read {value!r}")
+                elif roll < 0.95:
+                    engine.set(key, ("value", key))
+                else:
+                    engine.delete(key)
+                counts[index] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=seconds + 10)
+    assert not any(thread.is_alive() for thread in workers), "a hammering thread is stuck"
+    assert errors == [], errors
+    assert all(counts), counts
+    return sum(counts)
+
+
+@pytest.fixture
+def hammer() -> Callable[..., int]:
+    """`hammer(engine, threads=8, seconds=0.5, keys=64)`: a thread-safety smoke test."""
+    return _hammer
