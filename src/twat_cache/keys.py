@@ -45,7 +45,8 @@ class _Tag:
 
 
 _PICKLED = _Tag("pickled")
-_SEQ = _Tag("seq")
+_TUPLE = _Tag("tuple")
+_LIST = _Tag("list")
 _MAP = _Tag("map")
 _SET = _Tag("set")
 _COUNTED = _Tag("counted")
@@ -102,8 +103,8 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
     True
     """
     fast = FAST_TYPES if typed else _UNTYPED_FAST
-    seq_tag: Any = tuple if typed else _SEQ
-    list_tag: Any = list if typed else _SEQ
+    seq_tag: Any = tuple if typed else _TUPLE
+    list_tag: Any = list if typed else _LIST
     map_tag: Any = dict if typed else _MAP
 
     # Exact-type tests come first and parts of fast types are inlined: this runs on every
@@ -118,19 +119,19 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
         return tuple(value)
 
     def pairs(value: Mapping[Any, Any]) -> Hashable:
-        parts = [
-            (k if type(k) in fast else norm(k), v if type(v) in fast else norm(v))
-            for k, v in value.items()
-        ]
-        return counted(parts, len(value))
+        # A loop, not a comprehension: before Python 3.12 a comprehension is a frame.
+        parts = []
+        for k, v in value.items():
+            parts.append((k if type(k) in fast else norm(k), v if type(v) in fast else norm(v)))
+        unique = frozenset(parts)
+        return unique if len(unique) == len(parts) else counted(parts)
 
     def members(value: Any) -> Hashable:
-        return counted(list(map(norm, value)), len(value))
-
-    def counted(parts: list[Any], size: int) -> Hashable:
+        parts = list(map(norm, value))
         unique = frozenset(parts)
-        if len(unique) == size:
-            return unique
+        return unique if len(unique) == len(parts) else counted(parts)
+
+    def counted(parts: list[Any]) -> Hashable:
         # Distinct members that normalize alike (NaN objects, which are unequal to each
         # other): keep how many there were, so {nan_a, nan_b} is not {nan_a}.
         return (_COUNTED, frozenset(Counter(parts).items()))
@@ -157,8 +158,10 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
             return (bool, value)
         if cls is complex and typed:
             return (complex, (value.real.hex(), value.imag.hex()))
-        if isinstance(value, tuple | list):
-            return (cls if typed else _SEQ, items(value))
+        if isinstance(value, tuple):
+            return (cls if typed else _TUPLE, items(value))
+        if isinstance(value, list):
+            return (cls if typed else _LIST, items(value))
         if isinstance(value, dict):
             return (cls if typed else _MAP, pairs(value))
         if isinstance(value, set | frozenset):
