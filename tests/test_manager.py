@@ -16,6 +16,7 @@ import pytest
 
 from twat_cache import MISS, CacheConfig, mcache
 from twat_cache.engines.base import BaseEngine, Capabilities, capabilities_of
+from twat_cache.engines.functools import FunctoolsEngine
 from twat_cache.engines.manager import CHAINS, CacheEngineManager, get_manager
 from twat_cache.exceptions import CacheWarning, ConfigurationError, EngineUnavailableError
 
@@ -573,3 +574,53 @@ def test_blocked_preferred_engine_falls_back_with_one_warning() -> None:
     assert total == 1
     assert "'cachebox'" in messages[0]
     assert "not importable" in messages[0]
+
+
+# --- an unbounded cache without expiry is a plain dict ------------------------------------
+
+
+def test_unbounded_cache_without_expiry_is_served_by_a_plain_dict() -> None:
+    # Nothing is ever evicted or expires, so the fastest store is a dict (functools.cache's).
+    engine = get_manager().select("memory", CacheConfig(maxsize=None))
+    assert engine.name == "functools"
+    assert type(engine._plain) is dict
+    assert engine.get is not FunctoolsEngine.get  # the dict's own get serves hits
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"maxsize": 10}, {"maxsize": None, "ttl": 60}, {"maxsize": None, "policy": "lfu"}],
+)
+def test_the_dict_rule_applies_only_when_nothing_is_evicted(options: dict[str, Any]) -> None:
+    config = CacheConfig(**options)
+    expected = next(name for name in get_manager().chain("memory") if _serves(name, config))
+    assert get_manager().select("memory", config).name == expected
+
+
+def test_a_named_engine_still_serves_an_unbounded_cache() -> None:
+    if get_manager().available()["cachebox"] is not None:
+        pytest.skip("cachebox is unavailable here")
+
+    @mcache(maxsize=None, cache_engine="cachebox")
+    def f(x: int) -> int:
+        return x
+
+    assert f.cache_engine.name == "cachebox"
+    assert f(1) == f(1) == 1
+    assert f.cache_info().hits == 1
+
+
+def test_the_dict_rule_never_touches_the_disk_chain() -> None:
+    manager = CacheEngineManager()
+    manager.register("diskcache", PersistentDictEngine)
+    assert manager.select("disk", CacheConfig(maxsize=None)).name == "persistent-dict"
+
+
+class PersistentDictEngine(DictEngine):
+    name = "persistent-dict"
+    capabilities = Capabilities(persistent=True)
+
+
+def _serves(name: str, config: CacheConfig) -> bool:
+    cls = get_manager().load(name)
+    return cls.unsupported(config) is None

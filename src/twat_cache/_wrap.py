@@ -97,8 +97,11 @@ _ASYNC_BODY = """
     return await __twat_state.amiss(__twat_k, {args}, {kwargs})
 """
 
+# Constants are globals of the generated module, not closure cells: a call then copies no
+# free variables, and the specializing interpreter caches the global lookups. Only the
+# two counters are cells, so that each wrapper has its own.
 _FACTORY = """
-def __twat_factory({cells}):
+def __twat_factory():
     __twat_hits = 0
     __twat_misses = 0
 
@@ -313,17 +316,16 @@ def wrap(
     if any(p.lstrip("*").split("=")[0] == func_name for p in plan.params):
         func_name = f"{_P}wrapper"
     source = _FACTORY.format(
-        cells=", ".join(plan.namespace),
         async_="async " if is_async else "",
         name=func_name,
         params=", ".join(plan.params),
         body=body.replace("\n    ", "\n        "),
         key=key,
     )
-    scope: dict[str, Any] = {}
+    scope: dict[str, Any] = dict(plan.namespace)
     filename = f"{WRAPPER_FILENAME_PREFIX}{namespace_id}>"
     exec(compile(source, filename, "exec"), scope)  # source built above from parameter names only
-    wrapper, key_of, counts = scope["__twat_factory"](**plan.namespace)
+    wrapper, key_of, counts = scope["__twat_factory"]()
     functools.update_wrapper(wrapper, func)
     _attach(wrapper, key_of, counts, state, engine, config, name)
     return wrapper

@@ -29,6 +29,7 @@ CHAINS: Mapping[str, tuple[str, ...]] = {
 }
 
 _PERSISTENT_KINDS = frozenset({"disk", "file"})
+_MEMORY_KINDS = frozenset({"memory", "async"})
 
 # Engines are named by "module:Class" so that importing twat_cache imports no backend
 # library; a class is loaded the first time a cache asks for it.
@@ -37,6 +38,10 @@ _BUILTIN: dict[str, str] = {
     "cachetools": "twat_cache.engines.cachetools:CachetoolsEngine",
     "functools": "twat_cache.engines.functools:FunctoolsEngine",
 }
+
+
+def _never_evicts(config: CacheConfig) -> bool:
+    return config.maxsize_given and config.maxsize is None and config.ttl is None
 
 
 class CacheEngineManager:
@@ -147,6 +152,10 @@ class CacheEngineManager:
             return NullEngine(config)
         if preferred is None:
             names = self.chain(kind)
+            if kind in _MEMORY_KINDS and "functools" in names and _never_evicts(config):
+                # Nothing is ever evicted or expires: the fastest store is a plain dict, as
+                # functools.cache uses, which is what the functools engine is then.
+                names = ("functools", *(n for n in names if n != "functools"))
         elif preferred in CHAINS:
             names = self.chain(preferred)
         else:
