@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 import threading
 import weakref
 from typing import Any
 
 import pytest
 
+from _support import MEMORY_ENGINES
 from twat_cache import CacheError, acache, clear_cache, get_stats, list_caches, mcache
 from twat_cache.engines.base import ALL_POLICIES, MISS, BaseEngine, Capabilities
 from twat_cache.engines.manager import get_manager
 from twat_cache.registry import UnknownCacheError
-
-
-def _memory_engines() -> list[Any]:
-    # cachebox (and in principle cachetools) is an optional dependency: skip, don't fall back.
-    return [
-        pytest.param(
-            name,
-            marks=pytest.mark.skipif(
-                name != "functools" and importlib.util.find_spec(name) is None,
-                reason=f"{name} is not installed",
-            ),
-        )
-        for name in ("cachebox", "cachetools", "functools")
-    ]
-
-
-MEMORY_ENGINES = _memory_engines()
 
 
 def test_default_name_is_module_and_qualname() -> None:

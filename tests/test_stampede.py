@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 import time
 from collections.abc import Callable
@@ -11,24 +10,9 @@ from typing import Any
 
 import pytest
 
+from _support import MEMORY_ENGINES
 from twat_cache import acache, mcache
 
-
-def _memory_engines() -> list[Any]:
-    # cachebox (and in principle cachetools) is an optional dependency: skip, don't fall back.
-    return [
-        pytest.param(
-            name,
-            marks=pytest.mark.skipif(
-                name != "functools" and importlib.util.find_spec(name) is None,
-                reason=f"{name} is not installed",
-            ),
-        )
-        for name in ("cachebox", "cachetools", "functools")
-    ]
-
-
-MEMORY_ENGINES = _memory_engines()
 THREADS = 32
 TASKS = 100
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import importlib.util
 import inspect
 import itertools
 import operator
@@ -15,28 +14,12 @@ from typing import Any
 
 import pytest
 
+from _support import MEMORY_ENGINES
 from twat_cache import CacheInfo, ConfigurationError, acache, mcache
 from twat_cache.engines.base import ALL_POLICIES, MISS, BaseEngine, Capabilities
 from twat_cache.engines.manager import get_manager
 from twat_cache.exceptions import CacheFaultWarning
 from twat_cache.logging import logger
-
-
-def _memory_engines() -> list[Any]:
-    # cachebox (and in principle cachetools) is an optional dependency: skip, don't fall back.
-    return [
-        pytest.param(
-            name,
-            marks=pytest.mark.skipif(
-                name != "functools" and importlib.util.find_spec(name) is None,
-                reason=f"{name} is not installed",
-            ),
-        )
-        for name in ("cachebox", "cachetools", "functools")
-    ]
-
-
-MEMORY_ENGINES = _memory_engines()
 
 
 @pytest.fixture(params=MEMORY_ENGINES)

@@ -47,6 +47,14 @@ _SYNC_BODY = """
 # The miss path is inlined too (as lru_cache's C code does): every Python frame here
 # would be paid on every miss. Waiting for another thread's flight is the slow path,
 # out of line in `CallState.follow`; see `_flight.py` for the protocol.
+_COMPUTE_AND_STORE = """
+__twat_misses += 1
+__twat_v = __twat_func({call})
+try:
+    __twat_put(__twat_k, __twat_v)
+except Exception as __twat_e:
+    __twat_state.write_fault(__twat_e)"""
+
 _SYNC_MISS_LOCKED = """
     __twat_t = (__twat_ident(),)
     if __twat_flights.setdefault(__twat_k, __twat_t) is not __twat_t:
@@ -57,13 +65,7 @@ _SYNC_MISS_LOCKED = """
             __twat_v = __twat_get(__twat_k, __twat_MISS)
         except Exception as __twat_e:
             __twat_v = __twat_state.read_fault(__twat_e)
-        if __twat_v is __twat_MISS:
-            __twat_misses += 1
-            __twat_v = __twat_func({call})
-            try:
-                __twat_put(__twat_k, __twat_v)
-            except Exception as __twat_e:
-                __twat_state.write_fault(__twat_e)
+        if __twat_v is __twat_MISS:{compute_and_store_12}
         else:
             __twat_hits += 1
     except BaseException as __twat_e:
@@ -75,13 +77,7 @@ _SYNC_MISS_LOCKED = """
     return __twat_v
 """
 
-_SYNC_MISS_UNLOCKED = """
-    __twat_misses += 1
-    __twat_v = __twat_func({call})
-    try:
-        __twat_put(__twat_k, __twat_v)
-    except Exception as __twat_e:
-        __twat_state.write_fault(__twat_e)
+_SYNC_MISS_UNLOCKED = """{compute_and_store_4}
     return __twat_v
 """
 
@@ -300,8 +296,12 @@ def wrap(
     args = f"({', '.join(plan.args)},)" if plan.args else "()"
     kwargs = f"{{{', '.join(plan.kwargs)}}}"
     call = ", ".join(plan.call)
+    compute_and_store = _COMPUTE_AND_STORE.format(call=call)
     miss = (_SYNC_MISS_LOCKED if config.lock else _SYNC_MISS_UNLOCKED).format(
-        call=call, args=args, kwargs=kwargs
+        args=args,
+        kwargs=kwargs,
+        compute_and_store_4=compute_and_store.replace("\n", "\n" + " " * 4),
+        compute_and_store_12=compute_and_store.replace("\n", "\n" + " " * 12),
     )
     body = (_ASYNC_BODY if is_async else _SYNC_BODY).format(
         key=key,
