@@ -22,11 +22,17 @@ from typing import Any
 import pytest
 
 from twat_cache import MISS, CacheConfig, mcache
+from twat_cache.config import DEFAULT_MAXSIZE
 from twat_cache.engines.manager import get_manager
 from twat_cache.exceptions import EngineUnavailableError
 
 #: Config options an engine needs in every test (merged under the test's own options).
-ENGINE_OPTIONS: dict[str, dict[str, Any]] = {}
+ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
+    # A folder, and an entry bound: unset, a persistent engine's bound is 1 GiB of bytes.
+    "klepto": {"folder_name": "contract", "maxsize": DEFAULT_MAXSIZE},
+    "diskcache": {"folder_name": "contract", "maxsize": DEFAULT_MAXSIZE},
+    "joblib": {"folder_name": "contract", "maxsize": DEFAULT_MAXSIZE},
+}
 
 #: Per-engine setup run once per test (server, folder...): returns more config options.
 ENGINE_SETUP: dict[str, Callable[[pytest.FixtureRequest], dict[str, Any]]] = {}
@@ -40,7 +46,7 @@ ENGINE_NAMES: list[str] = get_manager().registered()
 def _private_cache_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point every cache (and every subprocess a test starts) at a fresh temporary root."""
     root = tmp_path / "twat_cache_root"
-    root.mkdir()
+    root.mkdir(mode=0o700)  # private whatever the umask: the cache refuses group-writable roots
     monkeypatch.setenv("TWAT_CACHE_DIR", str(root))
 
 

@@ -286,10 +286,17 @@ def test_ignore_duplicates_are_rejected() -> None:
         CacheConfig(ignore=["session", "session"])
 
 
-@pytest.mark.parametrize("field", ["name", "folder_name", "cache_engine"])
+@pytest.mark.parametrize("field", ["name", "cache_engine"])
 @pytest.mark.parametrize("given", ["", "   "])
 def test_empty_names_are_rejected(field: str, given: str) -> None:
     assert_invalid(field, **{field: given})
+
+
+@pytest.mark.parametrize("given", ["", "   ", "a/b", "..", "/abs", "x\0y"])
+def test_bad_folder_names_are_configuration_errors(given: str) -> None:
+    # A folder name is checked as a path component, before anything touches the disk.
+    with pytest.raises(ConfigurationError, match="folder_name"):
+        CacheConfig(folder_name=given)
 
 
 @pytest.mark.parametrize("field", ["typed", "lock", "fallback", "secure"])

@@ -612,7 +612,7 @@ def test_a_named_engine_still_serves_an_unbounded_cache() -> None:
 
 def test_the_dict_rule_never_touches_the_disk_chain() -> None:
     manager = CacheEngineManager()
-    manager.register("diskcache", PersistentDictEngine)
+    manager.register("diskcache", PersistentDictEngine, replace=True)
     assert manager.select("disk", CacheConfig(maxsize=None)).name == "persistent-dict"
 
 

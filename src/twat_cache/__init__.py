@@ -13,7 +13,7 @@ from __future__ import annotations
 from twat_cache.__about__ import __version__
 from twat_cache._types import CachedFunction, CacheInfo
 from twat_cache.config import CacheConfig, create_cache_config
-from twat_cache.decorators import acache, mcache
+from twat_cache.decorators import acache, bcache, fcache, mcache
 from twat_cache.engines.base import MISS
 from twat_cache.exceptions import CacheError, ConfigurationError
 from twat_cache.registry import clear_cache, get_stats, list_caches
@@ -27,8 +27,10 @@ __all__ = [
     "ConfigurationError",
     "__version__",
     "acache",
+    "bcache",
     "clear_cache",
     "create_cache_config",
+    "fcache",
     "get_stats",
     "list_caches",
     "mcache",

@@ -11,7 +11,7 @@ from twat_cache._report import FaultReporter
 from twat_cache.engines.base import MISS, capabilities_of, put_of
 from twat_cache.exceptions import KeyBuildError
 
-__all__ = ["CallState"]
+__all__ = ["CallState", "in_thread"]
 
 
 _INTERRUPTED: Any = object()  # an outcome's value when its leader was interrupted
@@ -84,12 +84,16 @@ class CallState:
         self.wakeup = threading.Condition(threading.Lock())  # waiters of any key of this cache
         self.aflights: dict[Any, _AFlight] = {}
         self.reporter = FaultReporter(name)
-        if capabilities_of(engine).async_native:
+        capabilities = capabilities_of(engine)
+        if capabilities.async_native:
             self._aget = engine.aget
             self._aset = engine.aset
+        elif capabilities.blocking:
+            self._aget = in_thread(engine.get)
+            self._aset = in_thread(put_of(engine))
         else:
             self._aget = _as_coroutine(engine.get)
-            self._aset = _as_coroutine(engine.set)
+            self._aset = _as_coroutine(put_of(engine))
 
     # --- faults -----------------------------------------------------------------------
 
@@ -286,6 +290,16 @@ class CallState:
     def reset(self) -> None:
         self.misses = 0
         self.shared_hits = 0
+
+
+def in_thread(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """`function` as a coroutine function run in a worker thread: blocking disk I/O never
+    stalls the event loop, however large the value."""
+
+    async def call(*args: Any) -> Any:
+        return await asyncio.to_thread(function, *args)
+
+    return call
 
 
 def _as_coroutine(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:

@@ -15,11 +15,11 @@ from _thread import get_ident
 from collections.abc import Callable
 from typing import Any
 
-from twat_cache._flight import CallState
+from twat_cache._flight import CallState, in_thread
 from twat_cache._report import WRAPPER_FILENAME_PREFIX
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
-from twat_cache.engines.base import MISS, capabilities_of, engine_name, put_of
+from twat_cache.engines.base import MISS, Capabilities, capabilities_of, engine_name, put_of
 from twat_cache.exceptions import ConfigurationError
 from twat_cache.keys import (
     FAST_TYPES,
@@ -256,6 +256,8 @@ def wrap(
     fast = FAST_TYPES if config.typed else FAST_TYPES | {float, bool}
     kwignore = plan.namespace["__twat_kwignore"]
     namespace_id = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', '?')}"
+    if config.version is not None:  # a new version makes every persistent entry a miss
+        namespace_id = f"{namespace_id}@{config.version}"
 
     def kwfilter(kwargs: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in kwargs.items() if k not in kwignore}
@@ -276,7 +278,7 @@ def wrap(
 
     plan.namespace.update(
         __twat_func=func,
-        __twat_get=engine.aget if is_async and capabilities.async_native else engine.get,
+        __twat_get=_reader(engine, capabilities, is_async),
         __twat_put=put_of(engine),
         __twat_ident=get_ident,
         __twat_flights=state.flights,
@@ -308,7 +310,9 @@ def wrap(
         miss=miss,
         args=args,
         kwargs=kwargs,
-        await_="await " if is_async and capabilities.async_native else "",
+        await_="await "
+        if is_async and (capabilities.async_native or capabilities.blocking)
+        else "",
     )
     func_name = getattr(func, "__name__", "")
     if not func_name.isidentifier() or keyword.iskeyword(func_name) or func_name.startswith(_P):
@@ -329,6 +333,18 @@ def wrap(
     functools.update_wrapper(wrapper, func)
     _attach(wrapper, key_of, counts, state, engine, config, name)
     return wrapper
+
+
+def _reader(engine: Any, capabilities: Capabilities, is_async: bool) -> Any:
+    """The `get` the wrapper calls: awaited for async engines, and run in a worker thread
+    for blocking ones when the function is async."""
+    if not is_async:
+        return engine.get
+    if capabilities.async_native:
+        return engine.aget
+    if capabilities.blocking:
+        return in_thread(engine.get)
+    return engine.get
 
 
 def _attach(

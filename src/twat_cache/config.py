@@ -158,6 +158,14 @@ class CacheConfig(BaseModel):
     secure: bool = Field(default=True, description="Signed payloads and private directories.")
     name: str | None = Field(default=None, description="Registry name; default module.qualname.")
     url: str | None = Field(default=None, description="redis://... URL of a remote cache.")
+    version: str | int | None = Field(
+        default=None,
+        description="Part of persistent keys: change it to invalidate a function's entries.",
+    )
+    use_sql: bool = Field(default=False, description="klepto: an SQL archive, not a dir archive.")
+    mmap_mode: Literal["r", "r+", "c"] | None = Field(
+        default=None, description="joblib: load NumPy arrays memory-mapped in this mode."
+    )
 
     @field_validator("maxsize", mode="plain")
     @classmethod
@@ -194,7 +202,25 @@ class CacheConfig(BaseModel):
             raise ValueError(f"key must be a callable building the key, not {type(value).__name__}")
         return value
 
-    @field_validator("folder_name", "cache_engine", "name", "url")
+    @field_validator("version")
+    @classmethod
+    def _check_version(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, bool):
+            raise ValueError("version must be a str or an int, not a bool")
+        if isinstance(value, str) and (not value or ":" in value):
+            raise ValueError("version must be non-empty and contain no ':'")
+        return value
+
+    @field_validator("folder_name")
+    @classmethod
+    def _check_folder(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from twat_cache.paths import validate_folder_name
+
+        return validate_folder_name(value)  # ConfigurationError, before the disk is touched
+
+    @field_validator("cache_engine", "name", "url")
     @classmethod
     def _non_empty(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():

@@ -10,6 +10,7 @@ __all__ = [
     "EngineError",
     "EngineUnavailableError",
     "KeyBuildError",
+    "SecurityWarning",
 ]
 
 
@@ -35,6 +36,10 @@ class KeyBuildError(CacheError, TypeError):
 
 class CacheWarning(UserWarning):
     """Base class of the warnings twat-cache emits."""
+
+
+class SecurityWarning(CacheWarning):
+    """A stored entry failed signature verification: it was dropped, never deserialized."""
 
 
 class CacheFaultWarning(CacheWarning):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
 
 from twat_cache.config import DEFAULT_MAXSIZE, CacheConfig
-from twat_cache.exceptions import ConfigurationError
+from twat_cache.exceptions import ConfigurationError, SecurityWarning
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -19,6 +20,7 @@ __all__ = [
     "CacheEngineProtocol",
     "Capabilities",
     "NullEngine",
+    "PersistentEngine",
     "capabilities_of",
     "engine_name",
     "put_of",
@@ -72,6 +74,9 @@ class Capabilities:
     needs_serialization: bool = False
     #: `maxsize` may be a byte size ("500MB").
     byte_limits: bool = False
+    #: Reads and writes block on I/O: async wrappers run them in a worker thread so the
+    #: event loop is never blocked by a large value.
+    blocking: bool = False
 
     @property
     def stable_keys(self) -> bool:
@@ -242,3 +247,54 @@ class NullEngine(BaseEngine):
 
     def __len__(self) -> int:
         return 0
+
+
+class PersistentEngine(BaseEngine):
+    """Plumbing for engines that store on disk: their private directory under the cache
+    root, the serializer (signed payloads by default), the default size bound, and the
+    handling of a payload that fails verification (a miss, removed, logged as a security
+    warning)."""
+
+    #: Bytes kept when `maxsize` is not given: no persistent cache grows without bound.
+    DEFAULT_SIZE_LIMIT: ClassVar[int] = 2**30
+
+    def __init__(self, config: CacheConfig | None = None) -> None:
+        super().__init__(config)
+        # Imported here: memory engines and `import twat_cache` need none of this.
+        from twat_cache.paths import cache_dir, cache_root
+        from twat_cache.serializers import Serializer, get_secret
+
+        folder = self.config.folder_name
+        if folder is None:
+            raise ConfigurationError(f"the {self.name} engine needs a folder_name")
+        self.directory = cache_dir(folder)
+        secret = get_secret(cache_root()) if self.config.secure else None
+        self.serializer = Serializer(self.config, secret)
+        self._rejections = itertools.count(1)  # next() is atomic: one warning, however raced
+
+    @property
+    def maxsize(self) -> int | None:
+        """The bound in force: entries (int) or bytes (`ByteSize`); unset, a byte limit."""
+        if self.config.maxsize_given:
+            return self.config.maxsize
+        from pydantic import ByteSize
+
+        return ByteSize(self.DEFAULT_SIZE_LIMIT)
+
+    def rejected(self, key: Any, exc: Exception) -> None:
+        """A stored payload failed verification or decoding: drop it and log a security
+        warning (the first one of this engine also as a Python warning)."""
+        from twat_cache._report import warn
+        from twat_cache.logging import logger
+
+        logger.warning("security: {} dropped an entry that failed verification: {}", self.name, exc)
+        if next(self._rejections) == 1:
+            warn(
+                f"twat_cache security: the {self.name} cache in {self.directory} held an entry "
+                f"that failed verification ({exc}); it was dropped and will be recomputed",
+                SecurityWarning,
+            )
+        try:
+            self.delete(key)
+        except Exception as delete_error:  # the entry is a miss either way
+            logger.warning("could not drop the rejected entry: {!r}", delete_error)

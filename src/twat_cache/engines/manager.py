@@ -37,6 +37,9 @@ _BUILTIN: dict[str, str] = {
     "cachebox": "twat_cache.engines.cachebox:CacheboxEngine",
     "cachetools": "twat_cache.engines.cachetools:CachetoolsEngine",
     "functools": "twat_cache.engines.functools:FunctoolsEngine",
+    "diskcache": "twat_cache.engines.diskcache:DiskCacheEngine",
+    "joblib": "twat_cache.engines.joblib:JoblibEngine",
+    "klepto": "twat_cache.engines.klepto:KleptoEngine",
 }
 
 

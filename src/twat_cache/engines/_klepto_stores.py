@@ -1,0 +1,298 @@
+"""Where the klepto engine keeps entries: klepto's dir archive or SQLite table archive,
+with the metadata scans (size, access time, expiry) its bounds need."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import klepto.archives
+
+from twat_cache.serializers import PayloadError
+
+__all__ = ["DirStore", "Entry", "SqlStore"]
+
+NAME = re.compile(r"[0-9a-f]{40}")  # entry names: a BLAKE2b-160 of the key, in hex
+# Each stored record is the JSON list [expiry, payload]: the expiry leads in the clear for
+# cheap scans (len, eviction); the signed copy inside the payload is the one `get` obeys.
+_EXPIRY_HINT = re.compile(rb'\[(null|[-+0-9.eE]+), "')
+_ENTRY_PREFIX, _TEMP_PREFIX, _FILE = "K_", "K_.I_", "output.json"  # klepto's dir layout
+_ORPHAN_AGE = 300.0  # seconds after which a temp dir of a killed writer is removed
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    time: float  # last access (lru) or store time (other policies)
+    size: int
+    expires: float | None
+
+
+class DirStore:
+    """One directory per entry via klepto's `dir_archive`, in its JSON mode: klepto then
+    only ever `json.load`s what it reads, so a planted file can never run code."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.archive = klepto.archives.dir_archive(
+            str(root), cached=False, serialized=True, protocol="json", permissions=0o700
+        )
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.root, _ENTRY_PREFIX + name, _FILE)
+
+    def has(self, name: str) -> bool:
+        return os.path.exists(self._file(name))
+
+    def read(self, name: str) -> Any:
+        """The stored record; KeyError when absent, PayloadError when unreadable."""
+        try:
+            return self.archive[name]
+        except KeyError:
+            if not os.path.exists(self._file(name)):
+                raise
+        try:  # klepto hides why a read failed; retry once in case a writer just replaced it
+            return self.archive[name]
+        except KeyError:
+            if os.path.exists(self._file(name)):
+                raise PayloadError("the stored entry is not valid JSON (corrupt)") from None
+            raise
+
+    def write(self, name: str, record: list[Any]) -> None:
+        expected = len(json.dumps(record))
+        start = time.time() - 0.05  # file timestamps come from a coarser clock
+        os.makedirs(self.root, 0o700, exist_ok=True)  # a concurrent clear may have pruned it
+        self.archive[name] = record
+        # klepto swallows OSError while writing (full disk, read-only dir) and may even move
+        # a half-written file into place: check that our entry landed.
+        try:
+            info = os.stat(self._file(name))
+            if info.st_size == expected and info.st_ctime >= start:
+                os.chmod(self._file(name), 0o600)  # klepto's files follow the umask
+                self.touch(name)  # a precise store time: the kernel's file clock is coarse
+                return
+        except FileNotFoundError:
+            pass
+        problem = self._write_problem(expected)
+        try:
+            self.read(name)
+        except KeyError:
+            if problem:  # else a concurrent clear or delete won the race: a miss, no fault
+                raise problem from None
+            return
+        except PayloadError:
+            self.remove(name)
+            raise problem or OSError(errno.EIO, "klepto wrote a partial entry") from None
+        if problem:  # what is there is an older entry our write failed to replace
+            raise problem
+
+    def _write_problem(self, size: int) -> OSError | None:
+        if not os.access(self.root, os.W_OK):
+            return OSError(errno.EACCES, f"the klepto archive {self.root} is not writable")
+        space = os.statvfs(self.root)
+        if space.f_bavail * space.f_frsize < size:
+            return OSError(errno.ENOSPC, f"no space left for the klepto archive {self.root}")
+        return None
+
+    def remove(self, name: str) -> None:
+        del self.archive[name]  # klepto ignores a missing entry
+
+    def touch(self, name: str) -> None:
+        now = time.time_ns()
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._file(name), ns=(now, now))
+
+    def _listing(self) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(self.root) as entries:
+                return list(entries)
+        except FileNotFoundError:
+            return []
+
+    def count(self) -> int:
+        names = (e.name for e in self._listing() if e.name.startswith(_ENTRY_PREFIX))
+        return sum(1 for name in names if NAME.fullmatch(name[2:]))
+
+    def expiry(self, name: str) -> float | None:
+        try:
+            with open(self._file(name), "rb") as handle:
+                head = handle.read(32)
+        except FileNotFoundError:
+            return None
+        match = _EXPIRY_HINT.match(head)
+        try:
+            return None if match is None or match[1] == b"null" else float(match[1])
+        except ValueError:  # a damaged hint: `get` reads the signed expiry anyway
+            return None
+
+    def scan(self, now: float) -> list[Entry]:
+        found = []
+        for entry in self._listing():
+            name = entry.name[2:]
+            if entry.name.startswith(_ENTRY_PREFIX) and NAME.fullmatch(name):
+                try:
+                    info = os.stat(self._file(name))
+                except FileNotFoundError:  # being replaced, or left by a killed writer
+                    self._drop_orphan(entry.path, now)
+                    continue
+                found.append(Entry(name, info.st_mtime, info.st_size, self.expiry(name)))
+            elif entry.name.startswith(_TEMP_PREFIX):
+                self._drop_orphan(entry.path, now)
+        return found
+
+    def _drop_orphan(self, path: str, now: float) -> None:
+        try:
+            if os.stat(path).st_mtime < now - _ORPHAN_AGE:
+                shutil.rmtree(path, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+    def clear(self) -> None:
+        self.archive.clear()
+
+    def close(self) -> None:
+        """Nothing to release: the archive opens files per operation."""
+
+
+class SqlStore:
+    """Two tables of one SQLite file via klepto's `sqltable_archive`: `data` holds the
+    records, `meta` small rows [expiry, time, size] that scans read instead of payloads.
+
+    Without SQLAlchemy klepto stores values as given (our JSON text); with it we ask for
+    `serialized=False` (a Text column): either way klepto never unpickles what it reads.
+    SQLite connections are per thread (klepto opens them with check_same_thread). Access
+    times (lru) are kept in memory and written in one go before a scan, on close, or a
+    second later: a hit costs no commit, and other processes see them at most 1 s late.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if any(c in str(path) for c in "?#%"):
+            raise ValueError(f"klepto cannot open an SQLite path containing ?, # or %: {path}")
+        self.url = f"sqlite:///{path}"
+        self._local = threading.local()
+        self._touched: dict[str, float] = {}
+        self._touched_at = 0.0
+        self._tables()  # fail now, not on first use, if the database cannot be opened
+        os.chmod(path, 0o600)  # SQLite creates it (and its journals) by the umask
+
+    def _table(self, table: str) -> Any:
+        return klepto.archives.sqltable_archive(
+            f"{self.url}?table=twat_{table}", cached=False, serialized=False
+        )
+
+    def _tables(self) -> tuple[Any, Any]:
+        tables: tuple[Any, Any] | None = getattr(self._local, "tables", None)
+        if tables is None:
+            tables = self._local.tables = (self._table("data"), self._table("meta"))
+        return tables
+
+    @staticmethod
+    def _replace(table: Any, name: str, value: str) -> None:
+        for attempt in range(3):
+            table.pop(name, None)  # klepto's stdlib-sqlite table appends, never updates
+            try:
+                table[name] = value
+                return
+            except Exception as exc:  # SQLAlchemy's table checks then inserts: racy
+                if attempt == 2 or type(exc).__name__ != "IntegrityError":
+                    raise
+
+    def has(self, name: str) -> bool:
+        return name in self._tables()[0]
+
+    def read(self, name: str) -> Any:
+        text = self._tables()[0][name]
+        if not isinstance(text, str):
+            raise PayloadError(f"the stored entry is a {type(text).__name__}, not a record")
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise PayloadError(f"the stored entry is not valid JSON: {exc}") from None
+
+    def write(self, name: str, record: list[Any]) -> None:
+        data, meta = self._tables()
+        text = json.dumps(record)
+        self._replace(data, name, text)  # data first: a crash in between leaves data only,
+        self._replace(meta, name, json.dumps([record[0], time.time(), len(text)]))  # repaired
+
+    def remove(self, name: str) -> None:
+        data, meta = self._tables()
+        data.pop(name, None)  # data first: a crash in between leaves a meta row, dropped
+        meta.pop(name, None)
+
+    def touch(self, name: str) -> None:
+        now = time.time()
+        if not self._touched:
+            self._touched_at = now
+        self._touched[name] = now
+        if now - self._touched_at > 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the access times kept since the last flush."""
+        touched, self._touched = self._touched, {}
+        meta = self._tables()[1]
+        for name, accessed in touched.items():
+            row = self._meta(meta.get(name))
+            if row is not None:
+                self._replace(meta, name, json.dumps([row[0], accessed, row[2]]))
+
+    @staticmethod
+    def _meta(text: Any) -> list[Any] | None:
+        try:
+            row = json.loads(text)
+        except (TypeError, ValueError):
+            return None
+        if not (isinstance(row, list) and len(row) == 3):
+            return None
+        numbers = all(isinstance(v, int | float) for v in row[1:])
+        return row if numbers and (row[0] is None or isinstance(row[0], int | float)) else None
+
+    def count(self) -> int:
+        return len(set(self._tables()[1]))
+
+    def expiry(self, name: str) -> float | None:
+        row = self._meta(self._tables()[1].get(name))
+        return None if row is None else float_or_none(row[0])
+
+    def scan(self, now: float) -> list[Entry]:
+        self.flush()
+        data, meta = self._tables()
+        rows = {name: self._meta(meta.get(name)) for name in set(meta)}
+        found = []
+        for name in set(data):
+            row = rows.pop(name, None)
+            if row is None:  # a writer died between its two rows: adopt the entry as new
+                try:
+                    record = self.read(name)
+                except (KeyError, PayloadError):
+                    continue
+                row = [record[0] if isinstance(record, list) else None, now, len(str(record))]
+                self._replace(meta, name, json.dumps(row))
+            found.append(Entry(name, float(row[1]), int(row[2]), float_or_none(row[0])))
+        for name in rows:  # rows whose data is gone (a delete died half-way)
+            meta.pop(name, None)
+        return found
+
+    def clear(self) -> None:
+        self._touched = {}
+        for table in self._tables():
+            table.clear()
+
+    def close(self) -> None:
+        if self._touched:
+            self.flush()
+        self._local = threading.local()  # drops every thread's connections
+
+
+def float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value else None

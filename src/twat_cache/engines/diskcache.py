@@ -1,0 +1,409 @@
+"""DiskCacheEngine: signed payloads in a diskcache SQLite store (first link of the bcache chain)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+import diskcache
+from diskcache.core import DBNAME, MODE_BINARY, MODE_RAW, UNKNOWN
+from pydantic import ByteSize
+
+from twat_cache._report import warn
+from twat_cache.config import CacheConfig
+from twat_cache.engines.base import MISS, Capabilities, PersistentEngine
+from twat_cache.exceptions import EngineError
+from twat_cache.keys import stable_digest
+from twat_cache.serializers import PayloadError
+
+__all__ = ["DiskCacheEngine"]
+
+#: Our policies and the diskcache eviction policy serving each. diskcache has no random
+#: replacement, so "rr" is refused. "fifo" is first-in-first-out by time stored (an
+#: overwrite stores again). "ttl" evicts by time stored, which is nearest expiry when
+#: entries share the configured ttl; with an entry count the engine orders by expiry.
+_POLICIES: Final = {
+    "lru": "least-recently-used",
+    "lfu": "least-frequently-used",
+    "fifo": "least-recently-stored",
+    "ttl": "least-recently-stored",
+}
+#: The indexed column of diskcache's Cache table each policy evicts by, for entry counts
+#: (diskcache culls by bytes only). Single indexed columns keep a cull O(victims log n).
+_VICTIM_ORDER: Final = {
+    "lru": "access_time",
+    "lfu": "access_count",
+    "fifo": "store_time",
+    "ttl": "expire_time",
+}
+#: diskcache's size_limit when entries are counted, or nothing is bounded (SQLite's max int).
+_NO_BYTE_LIMIT: Final = 2**63 - 1
+#: A value file as diskcache's `Disk.filename` names it: ab/cd/<28 hex>.val.
+_VALUE_FILE: Final = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
+_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0)
+#: sqlite's primary result codes for a malformed file (SQLITE_CORRUPT, SQLITE_NOTADB).
+_CORRUPT_CODES: Final = frozenset({11, 26})
+
+
+class _Vanished:
+    """A row whose value file is missing: removed by a concurrent writer, or deleted."""
+
+    __slots__ = ("filename",)
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+
+#: A row this engine did not write (a diskcache pickle, text, a NULL or a foreign path).
+_FOREIGN: Final = object()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _PayloadDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type information
+    """diskcache's Disk for signed payloads: values are bytes stored raw (in the database
+    below `min_file_size`, else in a private file), keys are str, and nothing is ever
+    unpickled: a row holding a pickle is reported as foreign, never loaded."""
+
+    def __init__(self, directory: str, **settings: Any) -> None:
+        super().__init__(directory, **settings)
+        self._written = threading.local()
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"keys are str here, not {type(key).__name__}")
+        return key, True
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise PayloadError("a pickled key was found in the cache database: not loaded")
+        return key
+
+    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
+        if type(value) is not bytes or read:
+            raise TypeError("only payload bytes are stored")
+        if len(value) < self.min_file_size:
+            return 0, MODE_RAW, None, sqlite3.Binary(value)
+        filename, full_path = self.filename(key, value)
+        self._write_private(full_path, value)
+        self._written.filename = filename
+        return len(value), MODE_BINARY, filename, None
+
+    def _write_private(self, full_path: str, data: bytes) -> None:
+        # A fresh random name, referenced by the database only once the row commits: a
+        # reader never sees this file half-written, and a killed writer leaves an orphan,
+        # never a wrong entry. A failed write removes what it wrote (a full disk).
+        for attempt in range(10):
+            try:
+                os.makedirs(os.path.dirname(full_path), mode=0o700, exist_ok=True)
+                fd = os.open(full_path, _CREATE, 0o600)
+                break
+            except FileNotFoundError:
+                # A concurrent remove() pruned an empty directory between the two calls.
+                if attempt == 9:
+                    raise
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(full_path)
+            raise
+        os.close(fd)
+
+    def discard_written(self) -> None:
+        """Remove the file this thread's last `store` wrote: its row never committed."""
+        filename = getattr(self._written, "filename", None)
+        self._written.filename = None
+        if filename is not None:
+            self.remove(filename)
+
+    def committed(self) -> None:
+        self._written.filename = None
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        if mode == MODE_RAW and type(value) is bytes:
+            return value
+        if mode == MODE_BINARY and not read and _is_value_file(filename):
+            try:
+                with open(os.path.join(self._directory, filename), "rb") as reader:
+                    return reader.read()
+            except FileNotFoundError:
+                return _Vanished(filename)
+        return _FOREIGN
+
+    def remove(self, file_path: Any) -> None:
+        # A tampered row must not make a delete remove a file outside the cache.
+        if _is_value_file(file_path):
+            super().remove(file_path)
+
+
+def _is_value_file(filename: Any) -> bool:
+    return isinstance(filename, str) and _VALUE_FILE.fullmatch(filename) is not None
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    message = str(exc)
+    return "malformed" in message or "not a database" in message
+
+
+class DiskCacheEngine(PersistentEngine):
+    """Persistent engine on diskcache: one SQLite database (WAL) per folder, shared safely by
+    threads and processes; each value a signed payload verified before it is loaded.
+
+    `maxsize` as bytes ("500MB", and the 1 GiB default) is diskcache's `size_limit`, culled
+    by diskcache itself; as an int it counts entries, culled after each write in the
+    policy's order. Writes wait at most `BUSY_TIMEOUT` seconds for a locked database, then
+    raise `diskcache.Timeout` (the wrapper then calls the function uncached). Keys are str;
+    other keys (CacheContext users) are turned into stable digests.
+
+    >>> engine = DiskCacheEngine(CacheConfig(folder_name="doc-diskcache"))
+    >>> engine.set("answer", {"value": 42})
+    >>> engine.get("answer")
+    {'value': 42}
+    >>> engine.close()
+    """
+
+    name = "diskcache"
+    capabilities = Capabilities(
+        policies=frozenset(_POLICIES),
+        ttl=True,
+        persistent=True,
+        shared=True,
+        thread_safe=True,
+        needs_serialization=True,
+        byte_limits=True,
+        blocking=True,
+    )
+    #: Seconds a read or write waits for another connection's lock (SQLite busy timeout).
+    BUSY_TIMEOUT: ClassVar[float] = 1.0
+    #: Seconds opening waits for a lock: concurrent processes creating one database.
+    OPEN_TIMEOUT: ClassVar[float] = 5.0
+
+    @classmethod
+    def unsupported(cls, config: CacheConfig) -> str | None:
+        if config.folder_name is None:
+            return "diskcache needs a folder_name"
+        if config.policy not in _POLICIES:
+            return f"diskcache has no {config.policy!r} eviction policy"
+        return super().unsupported(config)
+
+    def __init__(self, config: CacheConfig | None = None) -> None:
+        super().__init__(config)
+        bound = self.maxsize
+        policy = self.config.policy
+        self._count_limit: int | None = None
+        if bound is None:
+            settings: dict[str, Any] = {"eviction_policy": "none", "size_limit": _NO_BYTE_LIMIT}
+        elif isinstance(bound, ByteSize):
+            settings = {"eviction_policy": _POLICIES[policy], "size_limit": int(bound)}
+        else:
+            settings = {"eviction_policy": _POLICIES[policy], "size_limit": _NO_BYTE_LIMIT}
+            self._count_limit = int(bound)
+        self._victims = (
+            f"SELECT key FROM Cache WHERE raw = 1 AND key != ? "
+            f"ORDER BY {_VICTIM_ORDER[policy]} LIMIT ?"
+        )
+        self._ttl = self.config.ttl
+        self._cache = self._open(settings)
+        self._disk: _PayloadDisk = self._cache.disk
+        self._dumps = self.serializer.dumps
+        self._loads = self.serializer.loads
+        self._read = self._cache.get
+
+    # --- opening ------------------------------------------------------------------------
+
+    def _open(self, settings: dict[str, Any]) -> diskcache.Cache:
+        database = self.directory / DBNAME
+        try:
+            return self._connect(database, settings)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise
+            self._move_aside(database, exc)
+        return self._connect(database, settings)
+
+    def _connect(self, database: Path, settings: dict[str, Any]) -> diskcache.Cache:
+        with contextlib.suppress(FileExistsError):
+            # Created 0600 before SQLite sees it: its -wal and -shm files copy the mode.
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
+        # diskcache retries a locked database for 60 s while it opens: bound the wait
+        # here first, and find a malformed file before diskcache trips over it.
+        probe = sqlite3.connect(database, timeout=self.OPEN_TIMEOUT, isolation_level=None)
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if _is_corrupt(exc):
+                raise
+            locked = "locked" in str(exc) or "busy" in str(exc)
+            problem = f"stayed locked for {self.OPEN_TIMEOUT} s" if locked else "cannot be written"
+            raise EngineError(f"the cache database {database} {problem} ({exc})") from exc
+        finally:
+            probe.close()
+        return diskcache.Cache(
+            str(self.directory), timeout=self.BUSY_TIMEOUT, disk=_PayloadDisk, **settings
+        )
+
+    def _move_aside(self, database: Path, exc: BaseException) -> None:
+        with _directory_lock(self.directory):
+            # Another process may have rebuilt it meanwhile: never move a healthy database.
+            try:
+                probe = sqlite3.connect(database, timeout=self.OPEN_TIMEOUT)
+                try:
+                    # A full check, on this rare path only: the opening probe reads the
+                    # header and schema, a damaged page elsewhere shows up here.
+                    if probe.execute("PRAGMA quick_check").fetchall() == [("ok",)]:
+                        return
+                finally:
+                    probe.close()
+            except sqlite3.DatabaseError as again:
+                if not _is_corrupt(again):
+                    raise
+            now = time.time()
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
+            suffix = f".corrupt-{stamp}.{int(now * 1e6) % 1_000_000:06d}"
+            # The WAL belongs to the old file: replayed into a new database it would corrupt it.
+            for part in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{database}{part}", f"{database}{part}{suffix}")
+        warn(
+            f"twat_cache: the diskcache database {database} was malformed ({exc}); it was "
+            f"moved aside to {database.name}{suffix} and an empty cache was created"
+        )
+
+    # --- the store ----------------------------------------------------------------------
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if type(key) is not str:
+            key = stable_digest("ctx", (key,))
+        payload = self._read(key, MISS)
+        if payload is MISS:
+            return default
+        if type(payload) is not bytes:
+            payload = self._unreadable(key, payload)
+            if payload is MISS:
+                return default
+        try:
+            return self._loads(payload)
+        except PayloadError as exc:
+            self.rejected(key, exc)
+            return default
+
+    def _unreadable(self, key: str, found: Any) -> Any:
+        """A row without a payload: a value file gone, or a row this engine never wrote."""
+        if isinstance(found, _Vanished):
+            # A concurrent overwrite, delete or cull removes the file after committing its
+            # row: read again. Only a row still naming the missing file is broken.
+            again = self._read(key, MISS)
+            if type(again) is bytes or again is MISS:
+                return again
+            if not (isinstance(again, _Vanished) and again.filename == found.filename):
+                return MISS
+            self.rejected(key, PayloadError(f"the value file {found.filename} is missing"))
+            return MISS
+        self.rejected(key, PayloadError("the database row holds no twat-cache payload"))
+        return MISS
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        self._store(key, value, self._check_ttl(ttl))
+
+    def put(self, key: Any, value: Any) -> None:
+        self._store(key, value, self._ttl)
+
+    def _store(self, key: Any, value: Any, ttl: float | None) -> None:
+        payload = self._dumps(value)  # UnserializableError: nothing has touched the disk
+        if type(key) is not str:
+            key = stable_digest("ctx", (key,))
+        if self._count_limit == 0:
+            return
+        try:
+            self._cache.set(key, payload, expire=ttl)
+        except Exception:
+            # diskcache writes a value file before its transaction and removes it only
+            # when the transaction cannot begin: a failed insert (disk full) leaves it.
+            self._disk.discard_written()
+            raise
+        self._disk.committed()
+        if self._count_limit is not None and len(self._cache) > self._count_limit:
+            self._cull(key, self._count_limit)
+
+    def _cull(self, keep: str, limit: int) -> None:
+        # diskcache bounds bytes only: an entry count is enforced here, in the order of
+        # the policy's own index, without evicting the entry just written.
+        cache = self._cache
+        if self.expires:
+            cache.expire()
+        with cache.transact():
+            excess = len(cache) - limit
+            if excess > 0:
+                rows = self._query(self._victims, (keep, excess))
+                for (victim,) in rows:
+                    cache.delete(victim)
+
+    def _query(self, statement: str, parameters: tuple[Any, ...]) -> list[Any]:
+        # diskcache has no public query API: its per-thread connection (`_sql`, stable
+        # since diskcache 3) runs the two reads its public methods lack, over the Cache
+        # table's documented columns (store_time, access_time, access_count, expire_time).
+        return self._cache._sql(statement, parameters).fetchall()  # type: ignore[no-any-return]  # untyped library
+
+    def delete(self, key: Any) -> bool:
+        if type(key) is not str:
+            key = stable_digest("ctx", (key,))
+        return bool(self._cache.delete(key))
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        count = len(self._cache)  # diskcache's count includes expired entries
+        if self.expires and count:
+            # Counted, not purged: a read, so cache_info() works while another process
+            # holds the write lock.
+            expired = "SELECT count(*) FROM Cache WHERE expire_time <= ?"
+            ((stale,),) = self._query(expired, (time.time(),))
+            count -= stale
+        return max(count, 0)
+
+    def close(self) -> None:
+        """Close this thread's database connection (diskcache opens one per thread; the
+        others close with their threads). Idempotent; a later call reopens lazily."""
+        self._cache.close()
+
+    def __repr__(self) -> str:
+        return f"<DiskCacheEngine directory={str(self.directory)!r} maxsize={self.maxsize}>"
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Serialize database recovery between processes (flock on the directory itself)."""
+    if sys.platform == "win32":  # no flock: recovery races are left to os.replace
+        yield
+        return
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

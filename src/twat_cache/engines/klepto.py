@@ -1,0 +1,198 @@
+"""KleptoEngine: klepto's dir or SQL archives, the second link of the bcache and fcache chains."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import random
+import struct
+import threading
+import time
+from typing import Any
+
+from pydantic import ByteSize
+
+from twat_cache.config import CacheConfig
+from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore
+from twat_cache.engines.base import Capabilities, PersistentEngine
+from twat_cache.serializers import PayloadError
+
+__all__ = ["KleptoEngine"]
+
+# Signed prefix of every payload body: expiry (0.0 = never) and the entry's own key, so a
+# valid entry copied under another key's name, or with its expiry edited, never verifies.
+_HEAD = struct.Struct("!dI")
+_SCAN_WRITES = 32  # byte bounds: a full rescan after this many writes or a second
+_EXPIRED = object()
+
+
+class KleptoEngine(PersistentEngine):
+    """Persistent engine on klepto archives: a directory of entries (default) or an SQLite
+    file (`use_sql=True`), shared by every process using the same folder.
+
+    Entries are stored under a BLAKE2b of their key (klepto's own keymaps hash differently
+    in every process), as JSON records holding a signed payload. Bounds (entries or bytes)
+    are enforced after each write: expired entries go first, then the least recently used
+    (`lru`, access times shared by processes), oldest stored (`fifo`), soonest to expire
+    (`ttl`) or random (`rr`). `lfu` is refused. Non-str keys are turned into stable digests.
+    """
+
+    name = "klepto"
+    capabilities = Capabilities(
+        policies=frozenset({"lru", "fifo", "rr", "ttl"}),
+        ttl=True,
+        persistent=True,
+        shared=True,
+        needs_serialization=True,
+        byte_limits=True,
+        blocking=True,
+        thread_safe=True,
+    )
+
+    def __init__(self, config: CacheConfig | None = None) -> None:
+        super().__init__(config)
+        self._store: DirStore | SqlStore
+        if self.config.use_sql:
+            self._store = SqlStore(self.directory / "klepto.sqlite")
+        else:
+            self._store = DirStore(self.directory / "klepto")
+        self._lock = threading.RLock()  # klepto's archives are not thread-safe
+        self._touch = self.config.policy == "lru"
+        self._bytes = isinstance(self.maxsize, ByteSize)
+        self._writes_since_scan = 0
+        self._scanned_at = 0.0
+        self._estimate = 0
+        try:  # remove expired entries and what killed writers left; best effort
+            self._enforce(None)
+        except Exception as exc:  # e.g. a database locked by other processes: next sweep
+            from twat_cache.logging import logger
+
+            logger.debug("klepto: the sweep at open failed: {!r}", exc)
+
+    @staticmethod
+    def _name(key: Any) -> tuple[str, bytes]:
+        if not isinstance(key, str):
+            from twat_cache.keys import stable_digest
+
+            key = stable_digest("ctx", (key,))
+        raw = key.encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(raw, digest_size=20).hexdigest(), raw
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        name, raw = self._name(key)
+        with self._lock:
+            try:
+                record = self._store.read(name)
+                value = self._decode(record, raw)
+            except KeyError:
+                return default
+            except PayloadError as exc:
+                self.rejected(key, exc)
+                return default
+            if value is _EXPIRED:
+                self._store.remove(name)
+                return default
+            if self._touch:
+                self._store.touch(name)
+            return value
+
+    def _decode(self, record: Any, raw: bytes) -> Any:
+        if not (isinstance(record, list) and len(record) == 2 and isinstance(record[1], str)):
+            raise PayloadError("the stored entry is not a klepto engine record")
+        try:
+            payload = base64.b64decode(record[1], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PayloadError(f"the stored payload is not base64: {exc}") from None
+        body = self.serializer.unframe(payload)  # verifies the signature first
+        try:
+            expires, size = _HEAD.unpack_from(body)
+        except struct.error:
+            raise PayloadError("the payload has no entry header (truncated)") from None
+        start = _HEAD.size + size
+        if body[_HEAD.size : start] != raw:
+            raise PayloadError("the entry holds the value of another key")
+        if expires and expires <= time.time():
+            return _EXPIRED
+        return self.serializer.decode(body[start:])
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        ttl = self._check_ttl(ttl)
+        name, raw = self._name(key)
+        expires = time.time() + ttl if ttl is not None else None
+        body = _HEAD.pack(expires or 0.0, len(raw)) + raw + self.serializer.encode(value)
+        encoded = base64.b64encode(self.serializer.frame(body)).decode("ascii")
+        with self._lock:
+            bound = self.maxsize
+            if self._bytes and bound is not None and len(encoded) > bound:
+                self._store.remove(name)  # it could never fit: keep nothing stale either
+                return
+            self._store.write(name, [expires, encoded])
+            self._writes_since_scan += 1
+            self._estimate += len(encoded)
+            self._enforce(name)
+
+    def _enforce(self, written: str | None) -> None:
+        """Keep the bound after writing `written` (never evicted); None: a full sweep."""
+        bound, now = self.maxsize, time.time()
+        if written is not None:
+            if bound is None:
+                return
+            if self._bytes:  # an estimate between full scans, which see other processes too
+                due = self._writes_since_scan >= _SCAN_WRITES or now - self._scanned_at > 1.0
+                if not due and self._estimate <= bound:
+                    return
+            elif self._store.count() <= bound:
+                return
+        live = self._live(now)
+        self._writes_since_scan, self._scanned_at = 0, now
+        self._estimate = sum(e.size for e in live)
+        excess = (self._estimate if self._bytes else len(live)) - (bound or 0)
+        if bound is None or excess <= 0:
+            return
+        for victim in self._victims([e for e in live if e.name != written]):
+            self._store.remove(victim.name)
+            self._estimate -= victim.size
+            excess -= victim.size if self._bytes else 1
+            if excess <= 0:
+                return
+
+    def _live(self, now: float) -> list[Entry]:
+        live = []
+        for entry in self._store.scan(now):
+            if entry.expires is not None and entry.expires <= now:
+                self._store.remove(entry.name)
+            else:
+                live.append(entry)
+        return live
+
+    def _victims(self, entries: list[Entry]) -> list[Entry]:
+        policy = self.config.policy
+        if policy == "rr":
+            random.shuffle(entries)
+            return entries
+        if policy == "ttl":
+            return sorted(entries, key=lambda e: (e.expires or float("inf"), e.time, e.name))
+        return sorted(entries, key=lambda e: (e.time, e.name))
+
+    def delete(self, key: Any) -> bool:
+        name, _ = self._name(key)
+        with self._lock:
+            if not self._store.has(name):
+                return False
+            expires = self._store.expiry(name)
+            self._store.remove(name)
+            return not (expires is not None and expires <= time.time())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._store.clear()
+            self._estimate = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._live(time.time()))
+
+    def close(self) -> None:
+        with self._lock:
+            self._store.close()

@@ -1,0 +1,133 @@
+"""Where persistent caches live: the cache root, folder names, private dirs and files."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from twat_cache.exceptions import ConfigurationError
+
+__all__ = [
+    "atomic_write",
+    "cache_dir",
+    "cache_root",
+    "default_folder",
+    "private_dir",
+    "validate_folder_name",
+]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def cache_root() -> Path:
+    """The cache root: `TWAT_CACHE_DIR` if set, else the platform's user cache dir.
+
+    Read on every call (not once at import), so a process can point caches elsewhere;
+    created 0700, and refused if it is writable by others or owned by another user.
+    """
+    configured = os.environ.get("TWAT_CACHE_DIR", "").strip()
+    if configured:
+        root = Path(configured).expanduser()
+    else:
+        import platformdirs  # imported here: only persistent caches need it
+
+        root = Path(platformdirs.user_cache_dir("twat_cache"))
+    return private_dir(root)
+
+
+def validate_folder_name(name: str) -> str:
+    """Return `name` if it is one safe path component, else raise `ConfigurationError`.
+
+    >>> validate_folder_name("sessions")
+    'sessions'
+    """
+    problem = None
+    if not isinstance(name, str) or not name.strip():
+        problem = "must be a non-empty string"
+    elif "\0" in name:
+        problem = "contains a NUL byte"
+    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        problem = "contains a path separator"
+    elif name in (".", ".."):
+        problem = "is a relative path"
+    elif name.startswith("."):
+        problem = "starts with '.' (names starting with '.' are reserved, e.g. '.secret')"
+    elif os.path.isabs(name) or Path(name).drive:
+        problem = "is an absolute path"
+    if problem:
+        raise ConfigurationError(
+            f"folder_name {name!r} {problem}: it must be one folder name such as 'sessions'"
+        )
+    return name
+
+
+def cache_dir(folder_name: str) -> Path:
+    """The private directory of one cache under the root, created 0700 if missing."""
+    name = validate_folder_name(folder_name)  # before the root is created
+    return private_dir(cache_root() / name)
+
+
+def default_folder(module: str, qualname: str) -> str:
+    """A folder name derived from a function's qualified name, the same in every process.
+
+    >>> default_folder("app.models", "User.load")
+    'app.models.User.load-9a2bab63'
+    """
+    readable = _UNSAFE.sub("_", f"{module}.{qualname}").strip(".-")[:80] or "function"
+    digest = hashlib.blake2b(f"{module}:{qualname}".encode(), digest_size=4).hexdigest()
+    return f"{readable}-{digest}"
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and missing parents) 0700, or check an existing one is private.
+
+    A directory writable by group or others, or owned by another user, is refused: files
+    an attacker can plant there would be read back as cache entries.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create the cache directory {path}: {exc}") from exc
+    if stat.S_ISLNK(info.st_mode):
+        info = path.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigurationError(f"the cache path {path} exists and is not a directory")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"the cache directory {path} is owned by another user (uid {info.st_uid}); "
+            "refusing to use it: set TWAT_CACHE_DIR to a directory of your own"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigurationError(
+            f"the cache directory {path} is writable by other users "
+            f"(mode {stat.S_IMODE(info.st_mode):o}); refusing to use it: "
+            f"run `chmod 700 {path}` or set TWAT_CACHE_DIR elsewhere"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(target: Path) -> Iterator[Path]:
+    """Yield a private temporary path beside `target`; on success it replaces `target`
+    atomically (`os.replace`), on failure it is removed. A reader never sees half a file.
+
+    Temporary files are named ``.<name>.<random>.tmp`` so orphans left by a killed writer
+    can be recognised and removed by age.
+    """
+    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)  # mkstemp creates the file 0600
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise

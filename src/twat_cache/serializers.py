@@ -1,0 +1,212 @@
+"""Payloads of persistent and remote caches: pickle or JSON, compression, and signatures
+verified before anything is deserialized."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import lzma
+import os
+import pickle
+import secrets
+import tempfile
+import threading
+import zlib
+from pathlib import Path
+from typing import Any
+
+from twat_cache.config import CacheConfig
+from twat_cache.exceptions import CacheError
+
+__all__ = ["PayloadError", "Serializer", "UnserializableError", "get_secret", "sign", "verify"]
+
+# Layout: MAGIC | flags (1 byte) | MAC (32 bytes, zeros when unsigned) | body.
+# The MAC is keyed BLAKE2b-256 over flags + body, compared in constant time, and checked
+# before the body is decompressed or unpickled: unverified bytes never reach pickle.
+MAGIC = b"TWC\x01"
+MAC_SIZE = 32
+_HEADER = len(MAGIC) + 1 + MAC_SIZE
+_PICKLE, _JSON = 0x01, 0x02
+_ZLIB, _LZMA = 0x10, 0x20
+_SIGNED = 0x80
+_FORMATS = {"pickle": _PICKLE, "json": _JSON}
+_COMPRESSIONS = {None: 0, "zlib": _ZLIB, "lzma": _LZMA}
+
+SECRET_FILE = ".secret"
+_SECRET_LOCK = threading.Lock()
+_SECRETS: dict[str, bytes] = {}
+
+
+class PayloadError(CacheError):
+    """A stored payload is corrupt, truncated, unsigned or forged: treat it as a miss."""
+
+
+class UnserializableError(CacheError):
+    """A value cannot be serialized (unpicklable, or not JSON-able): it is not stored."""
+
+
+def get_secret(root: Path) -> bytes:
+    """The signing key: `TWAT_CACHE_SECRET`, else a random key kept in ``<root>/.secret``
+    (created 0600 on first use, atomically, so concurrent processes agree on it)."""
+    configured = os.environ.get("TWAT_CACHE_SECRET")
+    if configured:
+        return hashlib.blake2b(configured.encode(), digest_size=32).digest()
+    path = root / SECRET_FILE
+    cache_key = str(path)
+    with _SECRET_LOCK:
+        known = _SECRETS.get(cache_key)
+        if known is not None:
+            return known
+        secret = _read_secret(path) if path.exists() else _create_secret(path)
+        _SECRETS[cache_key] = secret
+        return secret
+
+
+def _create_secret(path: Path) -> bytes:
+    # Written complete under a temporary name, then linked into place: the link fails if
+    # another process got there first (then its key is used), and a writer killed midway
+    # leaves only a temporary file, never a short `.secret`.
+    secret = secrets.token_bytes(32)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".secret.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return _read_secret(path)
+        return secret
+    finally:
+        os.unlink(temp)
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(33)
+    except OSError as exc:
+        raise CacheError(f"cannot read the cache secret {path}: {exc}") from exc
+    if len(data) != 32:
+        raise CacheError(f"the cache secret {path} is not 32 bytes: delete it to make a new one")
+    return data
+
+
+def _check_json(value: Any, depth: int = 0) -> None:
+    # JSON would turn a tuple into a list and an int key into a string: a cache must never
+    # hand back a different value than the one computed, so such values are refused.
+    if depth > 500:
+        raise TypeError("nested too deeply for JSON")
+    cls = type(value)
+    if cls in (str, int, float, bool) or value is None:
+        return
+    if cls is list:
+        for item in value:
+            _check_json(item, depth + 1)
+        return
+    if cls is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(f"JSON object keys must be str, not {type(key).__name__}")
+            _check_json(item, depth + 1)
+        return
+    raise TypeError(f"{cls.__name__} does not round-trip through JSON")
+
+
+def sign(secret: bytes, data: bytes) -> bytes:
+    """Keyed BLAKE2b-256 of `data`."""
+    return hashlib.blake2b(data, key=secret, digest_size=MAC_SIZE).digest()
+
+
+def verify(secret: bytes, data: bytes, mac: bytes) -> bool:
+    """Whether `mac` signs `data`, compared in constant time."""
+    return hmac.compare_digest(sign(secret, data), mac)
+
+
+class Serializer:
+    """Turns values into signed, optionally compressed payloads and back.
+
+    >>> s = Serializer(CacheConfig(secure=True), secret=b"k" * 32)
+    >>> s.loads(s.dumps({"a": [1, 2]}))
+    {'a': [1, 2]}
+    """
+
+    def __init__(self, config: CacheConfig, secret: bytes | None = None) -> None:
+        self.format = config.serializer
+        self.compression = config.compress
+        self.secure = config.secure
+        if self.secure and (secret is None or not 16 <= len(secret) <= 64):
+            raise CacheError("a secure serializer needs a secret of 16 to 64 bytes")
+        self._secret = secret or b""
+        self._flags = (
+            _FORMATS[self.format]
+            | _COMPRESSIONS[self.compression]
+            | (_SIGNED if self.secure else 0)
+        )
+
+    def encode(self, value: Any) -> bytes:
+        """The body of a payload: serialized and compressed, not yet framed or signed."""
+        try:
+            if self.format == "json":
+                _check_json(value)
+                body = json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
+            else:
+                body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise UnserializableError(
+                f"cannot serialize a {type(value).__name__} with {self.format}: {exc}"
+            ) from exc
+        if self.compression == "zlib":
+            body = zlib.compress(body, 6)
+        elif self.compression == "lzma":
+            body = lzma.compress(body)
+        return body
+
+    def frame(self, body: bytes) -> bytes:
+        """Wrap a body in the header, signing it when `secure`."""
+        flags = bytes([self._flags])
+        mac = sign(self._secret, flags + body) if self.secure else bytes(MAC_SIZE)
+        return MAGIC + flags + mac + body
+
+    def dumps(self, value: Any) -> bytes:
+        """A complete payload for `value`."""
+        return self.frame(self.encode(value))
+
+    def unframe(self, payload: bytes | memoryview) -> bytes:
+        """Check a payload's header and signature; return its body, or raise PayloadError."""
+        data = bytes(payload)
+        if len(data) < _HEADER or data[: len(MAGIC)] != MAGIC:
+            raise PayloadError("not a twat-cache payload (truncated or foreign)")
+        flags = data[len(MAGIC)]
+        mac = data[len(MAGIC) + 1 : _HEADER]
+        body = data[_HEADER:]
+        if flags != self._flags:
+            raise PayloadError(
+                "payload written with other settings (format, compression or signing)"
+            )
+        if self.secure and not verify(self._secret, bytes([flags]) + body, mac):
+            raise PayloadError("payload signature does not verify (tampered or foreign key)")
+        return body
+
+    def decode(self, body: bytes) -> Any:
+        """Decompress and deserialize a verified body."""
+        try:
+            if self.compression == "zlib":
+                body = zlib.decompress(body)
+            elif self.compression == "lzma":
+                body = lzma.decompress(body)
+            if self.format == "json":
+                return json.loads(body)
+            return pickle.loads(body)  # verified above when secure
+        except Exception as exc:
+            raise PayloadError(f"payload does not decode: {type(exc).__name__}: {exc}") from exc
+
+    def loads(self, payload: bytes | memoryview) -> Any:
+        """The value of a payload; raises PayloadError for anything that does not verify."""
+        return self.decode(self.unframe(payload))

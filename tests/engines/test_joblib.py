@@ -1,0 +1,638 @@
+"""JoblibEngine: file layout, signing, expiry, bounds, orphans, faults and other processes."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pytest
+
+from twat_cache import MISS, CacheConfig, mcache
+from twat_cache.engines import joblib as joblib_engine
+from twat_cache.engines.joblib import JoblibEngine
+from twat_cache.exceptions import CacheFaultWarning, SecurityWarning
+from twat_cache.serializers import UnserializableError
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def opened() -> Iterator[list[JoblibEngine]]:
+    engines: list[JoblibEngine] = []
+    yield engines
+    for engine in engines:
+        engine.close()
+
+
+@pytest.fixture
+def make(opened: list[JoblibEngine]) -> Callable[..., JoblibEngine]:
+    """`make(**options)`: a JoblibEngine on the folder 'files' (unless told otherwise)."""
+
+    def build(**options: Any) -> JoblibEngine:
+        config = CacheConfig(**{"folder_name": "files", **options})
+        assert JoblibEngine.unsupported(config) is None
+        engine = JoblibEngine(config)
+        opened.append(engine)
+        return engine
+
+    return build
+
+
+def files(engine: JoblibEngine, pattern: str = "*") -> list[Path]:
+    return sorted(engine.directory.glob(pattern))
+
+
+def only(engine: JoblibEngine, pattern: str) -> Path:
+    (path,) = files(engine, pattern)
+    return path
+
+
+def age(path: Path, seconds: float) -> None:
+    """Set `path`'s times `seconds` into the past (as if written then)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+# --- layout and values -------------------------------------------------------------------
+
+
+def test_one_private_data_file_and_one_record_per_entry(make: Callable[..., JoblibEngine]) -> None:
+    engine = make()
+    engine.set("../../escape", "a")
+    engine.set(("tuple", 1), "b")  # not a str: stored under a stable digest
+    engine.set(5, "c")
+    assert (engine.get("../../escape"), engine.get(("tuple", 1)), engine.get(5)) == ("a", "b", "c")
+    names = [p.name for p in files(engine)]
+    assert len(names) == 6
+    assert all(
+        joblib_engine._RECORD.fullmatch(n) or joblib_engine._DATA.fullmatch(n) for n in names
+    )
+    assert {p.stat().st_mode & 0o777 for p in files(engine)} == {0o600}
+    assert not list(engine.directory.parent.glob("escape*"))
+
+
+def test_numpy_array_round_trip_raw_and_compressed(make: Callable[..., JoblibEngine]) -> None:
+    np = pytest.importorskip("numpy")
+    array = np.arange(200_000, dtype=np.float64).reshape(400, 500)
+    sizes = {}
+    for compress in (None, "zlib", "lzma"):
+        engine = make(folder_name=f"arrays-{compress}", compress=compress)
+        engine.set("a", {"array": array, "label": "x"})
+        loaded = engine.get("a")
+        assert loaded["label"] == "x"
+        np.testing.assert_array_equal(loaded["array"], array)
+        assert loaded["array"].dtype == array.dtype
+        sizes[compress] = only(engine, "*.joblib").stat().st_size
+    assert sizes[None] > array.nbytes
+    assert sizes["zlib"] < array.nbytes / 2
+    assert sizes["lzma"] < array.nbytes / 2
+
+
+def test_pandas_frame_round_trip(make: Callable[..., JoblibEngine]) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": range(1000), "b": [str(i) for i in range(1000)]})
+    engine = make()
+    engine.set("frame", frame)
+    pd.testing.assert_frame_equal(engine.get("frame"), frame)
+
+
+def test_mmap_mode_maps_verified_arrays(make: Callable[..., JoblibEngine]) -> None:
+    np = pytest.importorskip("numpy")
+    array = np.linspace(0, 1, 100_000)
+    engine = make(mmap_mode="r")
+    engine.set("a", array)
+    loaded = engine.get("a")
+    assert isinstance(loaded, np.memmap)
+    assert not loaded.flags.writeable
+    np.testing.assert_array_equal(loaded, array)
+    del loaded
+    data = only(engine, "*.joblib")
+    content = bytearray(data.read_bytes())
+    content[-8] ^= 0xFF  # inside the array: only the signature can tell
+    data.write_bytes(bytes(content))
+    with pytest.warns(SecurityWarning):
+        assert engine.get("a", MISS) is MISS
+
+
+def test_mmap_mode_with_compression_loads_in_memory(make: Callable[..., JoblibEngine]) -> None:
+    # joblib cannot map a compressed file: the array is loaded instead, with no warning.
+    np = pytest.importorskip("numpy")
+    engine = make(mmap_mode="c", compress="zlib")
+    engine.set("a", np.ones(1000))
+    loaded = engine.get("a")
+    assert type(loaded) is np.ndarray
+    assert loaded.sum() == 1000
+
+
+def test_refused_configurations() -> None:
+    def why(**options: Any) -> str | None:
+        return JoblibEngine.unsupported(CacheConfig(folder_name="f", **options))
+
+    assert "pickle" in (why(serializer="json") or "")
+    assert "r+" in (why(mmap_mode="r+") or "")
+    assert why(mmap_mode="r+", secure=False) is None
+    assert "lfu" in (why(policy="lfu") or "")
+    assert why(maxsize="10MB", policy="fifo") is None
+
+
+# --- signatures and damaged entries ------------------------------------------------------
+
+
+class Evil:
+    """A pickle that runs code when loaded: it creates the directory `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.makedirs, (self.marker,))
+
+
+def test_forged_pickle_never_runs(make: Callable[..., JoblibEngine], tmp_path: Path) -> None:
+    engine = make()
+    engine.set("k", "x" * 10_000)
+    data = only(engine, "*.joblib")
+    marker = tmp_path / "pwned"
+    forged = tmp_path / "forged.joblib"
+    joblib.dump(Evil(str(marker)), forged)
+    payload = forged.read_bytes()
+    # Same size as the genuine file, so only the signature stands in the way.
+    data.write_bytes(payload + b"\0" * (data.stat().st_size - len(payload)))
+    with pytest.warns(SecurityWarning, match="signature"):
+        assert engine.get("k", MISS) is MISS
+    assert not marker.exists()
+    assert files(engine) == []  # the forged entry was dropped
+    joblib.load(forged)  # while the payload itself is live:
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_file_signature_is_the_same_for_any_number_of_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: int
+) -> None:
+    # Written on a machine with many cores, verified on one with a single core: one MAC.
+    leaf = joblib_engine._LEAF
+    path = tmp_path / "data"
+    path.write_bytes(os.urandom(3 * leaf + extra))
+    secret = os.urandom(32)
+    macs = set()
+    with open(path, "rb") as handle:
+        for workers in (1, 2, 3, 4):
+            monkeypatch.setattr(joblib_engine, "_WORKERS", workers)
+            for size in (0, 1, leaf + extra, 3 * leaf + extra):
+                macs.add((size, joblib_engine._file_mac(handle.fileno(), size, secret)))
+        assert handle.tell() == 0  # positional reads: joblib.load starts at the beginning
+    assert len(macs) == 4  # one per size, whatever the threads
+    assert len({mac for _, mac in macs}) == 4
+
+
+def test_unsigned_entries_are_refused_when_secure(make: Callable[..., JoblibEngine]) -> None:
+    insecure = make(secure=False)
+    insecure.set("k", [1, 2])
+    assert make(secure=False).get("k") == [1, 2]
+    secure = make()
+    with pytest.warns(SecurityWarning):
+        assert secure.get("k", MISS) is MISS
+    secure.set("k", [3])
+    assert insecure.get("k") == [3]  # secure=False reads signed entries
+
+
+def test_record_naming_another_file_is_refused(make: Callable[..., JoblibEngine]) -> None:
+    engine = make(secure=False)
+    engine.set("k", 1)
+    record = only(engine, "*.sig")
+    raw = record.read_bytes()
+    fields = json.loads(raw[36:])
+    fields["d"] = "../secret.joblib"
+    record.write_bytes(raw[:36] + json.dumps(fields).encode())
+    with pytest.warns(SecurityWarning, match="not its own"):
+        assert engine.get("k", MISS) is MISS
+
+
+def test_record_copied_to_another_key_is_refused(make: Callable[..., JoblibEngine]) -> None:
+    engine = make()
+    engine.set("a", "value of a")
+    engine.set("b", "value of b")
+    record_a = engine.directory / f"{joblib_engine._name('a')}.sig"
+    record_b = engine.directory / f"{joblib_engine._name('b')}.sig"
+    record_b.write_bytes(record_a.read_bytes())
+    with pytest.warns(SecurityWarning, match="not its own"):  # a's data file, not b's
+        assert engine.get("b", MISS) is MISS
+    assert engine.get("a") == "value of a"
+
+
+def _flip(path: Path) -> None:
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    path.write_bytes(bytes(content))
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "zero-filled": lambda p: p.write_bytes(bytes(p.stat().st_size)),
+    "byte-flipped": _flip,
+    "deleted": lambda p: p.unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("part", ["*.joblib", "*.sig"])
+def test_damaged_entry_is_a_miss_and_recomputed(
+    make: Callable[..., JoblibEngine], damage: str, part: str
+) -> None:
+    calls: list[int] = []
+
+    @mcache(cache_engine="joblib", folder_name="damaged")
+    def compute(x: int) -> dict[str, Any]:
+        calls.append(x)
+        return {"x": x, "payload": list(range(500))}
+
+    expected = compute(3)
+    engine = compute.cache_engine
+    assert compute(3) == expected
+    DAMAGE[damage](only(engine, part))
+    if part == "*.sig" and damage == "deleted":
+        assert compute(3) == expected  # no record, no entry: a plain miss
+    else:
+        with pytest.warns(SecurityWarning):
+            assert compute(3) == expected
+    assert calls == [3, 3]
+    assert compute(3) == expected  # stored again, whole
+    assert calls == [3, 3]
+    DAMAGE[damage](only(engine, part))
+    assert compute(3) == expected  # the security warning is given once per cache
+    assert calls == [3, 3, 3]
+    compute.cache_engine.close()
+
+
+# --- expiry and bounds -------------------------------------------------------------------
+
+
+def test_ttl_counts_from_the_store_not_the_last_read(make: Callable[..., JoblibEngine]) -> None:
+    engine = make(ttl=0.4)
+    engine.set("k", "v")
+    time.sleep(0.2)
+    assert engine.get("k") == "v"
+    time.sleep(0.3)
+    assert engine.get("k", MISS) is MISS
+    assert files(engine) == []  # the expired entry was removed
+
+
+def test_prune_drops_expired_entries(make: Callable[..., JoblibEngine]) -> None:
+    engine = make(ttl=60)
+    engine.set("a", 1, ttl=0.1)
+    engine.set("b", 2, ttl=0.1)
+    engine.set("c", 3)
+    time.sleep(0.2)
+    assert engine.prune() == 2
+    assert len(files(engine)) == 2
+    assert engine.get("c") == 3
+
+
+def test_lru_order_survives_other_instances(make: Callable[..., JoblibEngine]) -> None:
+    writer = make(maxsize=3)
+    for key in "abc":
+        writer.set(key, key)
+    assert make(maxsize=3).get("a") == "a"  # another instance (or process) reads a
+    writer.set("d", "d")
+    assert [k for k in "abcd" if writer.exists(k)] == ["a", "c", "d"]
+
+
+def test_fifo_ignores_reads(make: Callable[..., JoblibEngine]) -> None:
+    engine = make(maxsize=3, policy="fifo")
+    for key in "abc":
+        engine.set(key, key)
+    assert engine.get("a") == "a"
+    engine.set("d", "d")
+    assert [k for k in "abcd" if engine.exists(k)] == ["b", "c", "d"]
+
+
+def test_ttl_policy_evicts_the_nearest_expiry(make: Callable[..., JoblibEngine]) -> None:
+    engine = make(maxsize=2, ttl=60, policy="ttl")
+    engine.set("a", 1, ttl=50)
+    engine.set("b", 2, ttl=10)
+    engine.set("c", 3)
+    assert [k for k in "abc" if engine.exists(k)] == ["a", "c"]
+
+
+def test_byte_limit(make: Callable[..., JoblibEngine]) -> None:
+    engine = make(maxsize="200KB")
+    for i in range(10):
+        engine.set(f"k{i}", os.urandom(40_000))
+        assert sum(p.stat().st_size for p in files(engine)) <= 200_000
+    assert engine.exists("k9")
+    assert not engine.exists("k0")
+    engine.set("huge", os.urandom(300_000))  # larger than the whole bound: not kept
+    assert not engine.exists("huge")
+    assert sum(p.stat().st_size for p in files(engine)) <= 200_000
+
+
+def test_bound_covers_entries_of_other_instances(make: Callable[..., JoblibEngine]) -> None:
+    first, second = make(maxsize=4), make(maxsize=4)
+    for i in range(4):
+        first.set(f"a{i}", i)
+    for i in range(4):
+        second.set(f"b{i}", i)
+    # `second` counted only its own writes; its next rescan (or a prune) sees them all.
+    second.prune()
+    assert len(second) == 4
+    assert all(second.exists(f"b{i}") for i in range(4))
+    third = make(maxsize=4)  # opening scans the directory
+    third.set("c", 0)
+    assert len(third) == 4
+
+
+# --- orphans -----------------------------------------------------------------------------
+
+
+def test_orphans_removed_by_age_on_open_and_by_prune(
+    make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make()
+    engine.set("k", 1)
+    folder = engine.directory
+    old_temp = folder / f".{'a' * 32}.{'b' * 16}.joblib.x1y2z3.tmp"
+    fresh_temp = folder / f".{'c' * 32}.sig.q9w8e7.tmp"
+    uncommitted = folder / f"{'d' * 32}.{'e' * 16}.joblib"  # written, never recorded
+    foreign = [folder / "cache.db", folder / ".other.tmp", folder / "notes.txt"]
+    for path in [old_temp, fresh_temp, uncommitted, *foreign]:
+        path.write_bytes(b"left behind")
+        age(path, 2 * HOUR)
+    age(fresh_temp, 60)
+    reopened = make()
+    assert not old_temp.exists()
+    assert not uncommitted.exists()
+    assert fresh_temp.exists()
+    monkeypatch.setattr(JoblibEngine, "TEMP_MAX_AGE", 30.0)
+    assert reopened.prune() == 1
+    assert not fresh_temp.exists()
+    assert all(path.exists() for path in foreign)  # other engines' files are never touched
+    reopened.clear()
+    assert all(path.exists() for path in foreign)
+    assert reopened.get("k", MISS) is MISS
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+def test_unpicklable_value_is_refused_and_leaves_nothing(make: Callable[..., JoblibEngine]) -> None:
+    engine = make()
+    for value in (threading.Lock(), lambda: 1):
+        with pytest.raises(UnserializableError):
+            engine.set("k", value)
+    assert files(engine) == []
+
+
+def test_unpicklable_result_is_returned_uncached() -> None:
+    calls: list[int] = []
+
+    @mcache(cache_engine="joblib", folder_name="unpicklable")
+    def make_lock(x: int) -> Any:
+        calls.append(x)
+        return threading.Lock()
+
+    with pytest.warns(CacheFaultWarning, match="UnserializableError") as record:
+        assert make_lock(1) is not make_lock(1)
+    assert len(record) == 1
+    assert calls == [1, 1]
+    assert files(make_lock.cache_engine) == []
+    make_lock.cache_engine.close()
+
+
+def test_disk_full_mid_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    @mcache(cache_engine="joblib", folder_name="full")
+    def compute(x: int) -> bytes:
+        calls.append(x)
+        return bytes([x]) * 300_000
+
+    def dump(value: Any, file: Any, compress: Any = 0) -> None:
+        file.write(b"\x80" * 100_000)  # part of the file is on disk when the disk fills up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(joblib, "dump", dump)
+    with pytest.warns(CacheFaultWarning, match="No space left") as record:
+        results = [compute(7), compute(7)]
+    assert results == [bytes([7]) * 300_000] * 2
+    assert len(record) == 1
+    assert calls == [7, 7]
+    assert files(compute.cache_engine) == []
+    compute.cache_engine.close()
+
+
+def test_read_only_directory_when_committing(
+    make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests run as root in CI, where a chmod'ed directory stays writable: mock EROFS on the
+    # rename that commits the record, after the data file is already in place.
+    engine = make()
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if str(dst).endswith(".sig"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="Read-only"):
+        engine.set("k", list(range(100)))
+    assert files(engine) == []
+
+
+def test_threads_set_get_delete_and_clear(
+    make: Callable[..., JoblibEngine], hammer: Callable[..., int]
+) -> None:
+    engine = make(maxsize=16)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def clearing() -> None:
+        try:
+            while not stop.is_set():
+                engine.clear()
+                time.sleep(0.01)
+        except BaseException as exc:
+            errors.append(exc)
+
+    clearer = threading.Thread(target=clearing, daemon=True)
+    clearer.start()
+    try:
+        assert hammer(engine, threads=4, seconds=0.5, keys=24) > 0
+    finally:
+        stop.set()
+        clearer.join(timeout=10)
+    assert errors == []
+    assert len(engine) <= 16
+
+
+# --- other processes ---------------------------------------------------------------------
+
+
+def run_python(script: Path, *args: str, timeout: float = 60) -> str:
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_value_stored_by_one_process_is_a_hit_in_the_next(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.txt"
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from twat_cache import mcache
+
+            @mcache(cache_engine="joblib", folder_name="cross-process")
+            def compute(x):
+                with open(sys.argv[1], "a") as calls:
+                    calls.write(f"{x}\\n")
+                return {"x": x, "square": x * x}
+
+            print(compute(12), compute.cache_info().hits, compute.cache_engine.name)
+            """
+        )
+    )
+    first = run_python(script, str(calls))
+    second = run_python(script, str(calls))
+    assert first.split() == ["{'x':", "12,", "'square':", "144}", "0", "joblib"]
+    assert second.split()[-2:] == ["1", "joblib"]
+    assert calls.read_text() == "12\n"
+
+
+WORKER = """
+import hashlib, os, random, sys, threading, warnings
+warnings.simplefilter("error")  # a false security warning in a race would fail the run
+from twat_cache import MISS, CacheConfig
+from twat_cache.engines.joblib import JoblibEngine
+
+def value(key, rng, repeat=1):
+    payload = rng.randbytes(rng.randrange(1, 40_000)) * repeat
+    return (key, payload, hashlib.blake2b(key.encode() + payload).hexdigest())
+
+def check(key, got):
+    if got is MISS:
+        return 0
+    k, payload, digest = got
+    return int(k != key or hashlib.blake2b(key.encode() + payload).hexdigest() != digest)
+"""
+
+
+def test_four_processes_share_keys_without_wrong_values(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(
+        WORKER
+        + textwrap.dedent(
+            """
+            engine = JoblibEngine(CacheConfig(folder_name="shared", maxsize=6))
+            counts = {"wrong": 0, "hits": 0, "ops": 0}
+            lock = threading.Lock()
+
+            def work(seed):
+                rng = random.Random(seed)
+                for _ in range(150):
+                    key = f"k{rng.randrange(8)}"
+                    roll = rng.random()
+                    if roll < 0.5:
+                        engine.set(key, value(key, rng))
+                    elif roll < 0.95:
+                        got = engine.get(key, MISS)
+                        with lock:
+                            counts["wrong"] += check(key, got)
+                            counts["hits"] += got is not MISS
+                    else:
+                        engine.delete(key)
+                    with lock:
+                        counts["ops"] += 1
+
+            threads = [threading.Thread(target=work, args=(int(sys.argv[1]) * 10 + i,))
+                       for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            print(counts["wrong"], counts["hits"], counts["ops"])
+            """
+        )
+    )
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    outputs = [worker.communicate(timeout=60) for worker in workers]
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err
+    wrong, hits, ops = (sum(int(out.split()[i]) for out, _ in outputs) for i in range(3))
+    assert (wrong, ops) == (0, 4 * 2 * 150)
+    assert hits > 0
+
+
+def test_writer_killed_mid_write_leaves_whole_entries_or_misses(
+    tmp_path: Path, make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(
+        WORKER
+        + textwrap.dedent(
+            """
+            engine = JoblibEngine(CacheConfig(folder_name="killed", maxsize=8))
+            rng = random.Random(int(sys.argv[1]))
+            for i in range(10**6):
+                key = f"k{i % 6}"  # every key is overwritten again and again
+                engine.set(key, value(key, rng, repeat=60))
+                if i == 0:
+                    print("ready", flush=True)
+            """
+        )
+    )
+    seen = 0
+    for round_ in range(4):
+        writer = subprocess.Popen(
+            [sys.executable, str(script), str(round_)], stdout=subprocess.PIPE, text=True
+        )
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "ready\n"
+        time.sleep(0.05 + 0.07 * round_)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=10)
+        writer.stdout.close()
+        engine = make(folder_name="killed", maxsize=8)
+        for i in range(6):
+            key = f"k{i}"
+            got = engine.get(key, MISS)
+            if got is not MISS:
+                stored_key, payload, digest = got
+                assert stored_key == key
+                assert hashlib.blake2b(key.encode() + payload).hexdigest() == digest
+                seen += 1
+    assert seen > 0
+    # What the killed writers left is removed by age (here: at once); entries stay whole.
+    monkeypatch.setattr(JoblibEngine, "TEMP_MAX_AGE", 0.0)
+    monkeypatch.setattr(JoblibEngine, "COMMIT_GRACE", 0.0)
+    engine.prune()
+    assert files(engine, ".*") == []
+    assert len(files(engine, "*.joblib")) == len(engine) > 0
