@@ -27,6 +27,7 @@ from twat_cache.keys import (
     make_normalizer,
     self_key,
     stable_digest,
+    stable_key_builder,
 )
 
 __all__ = ["wrap"]
@@ -265,8 +266,7 @@ def wrap(
     def kwkey(kwargs: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(sorted((k, norm(v)) for k, v in kwargs.items() if k not in kwignore))
 
-    def stable_key(values: tuple[Any, ...], kwargs: dict[str, Any] | None) -> str:
-        return stable_digest(namespace_id, values, kwargs, names=tuple(plan.key_names))
+    stable_key = stable_key_builder(namespace_id, tuple(plan.key_names))
 
     user_key = config.key
 

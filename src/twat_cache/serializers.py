@@ -149,6 +149,15 @@ class Serializer:
             | _COMPRESSIONS[self.compression]
             | (_SIGNED if self.secure else 0)
         )
+        self._flag_byte = bytes([self._flags])
+        # One keyed hasher, copied per payload: keying BLAKE2b costs as much as hashing 1 KB.
+        self._mac = hashlib.blake2b(key=self._secret, digest_size=MAC_SIZE) if self.secure else None
+
+    def _sign(self, body: bytes | memoryview) -> bytes:
+        mac = self._mac.copy()  # type: ignore[union-attr]  # only called when secure
+        mac.update(self._flag_byte)
+        mac.update(body)
+        return mac.digest()
 
     def encode(self, value: Any) -> bytes:
         """The body of a payload: serialized and compressed, not yet framed or signed."""
@@ -170,31 +179,31 @@ class Serializer:
 
     def frame(self, body: bytes) -> bytes:
         """Wrap a body in the header, signing it when `secure`."""
-        flags = bytes([self._flags])
-        mac = sign(self._secret, flags + body) if self.secure else bytes(MAC_SIZE)
-        return MAGIC + flags + mac + body
+        mac = self._sign(body) if self.secure else bytes(MAC_SIZE)
+        return b"".join((MAGIC, self._flag_byte, mac, body))
 
     def dumps(self, value: Any) -> bytes:
         """A complete payload for `value`."""
         return self.frame(self.encode(value))
 
-    def unframe(self, payload: bytes | memoryview) -> bytes:
-        """Check a payload's header and signature; return its body, or raise PayloadError."""
-        data = bytes(payload)
+    def unframe(self, payload: bytes | memoryview) -> memoryview:
+        """Check a payload's header and signature; return its body (a view, not a copy),
+        or raise PayloadError."""
+        data = memoryview(payload)
         if len(data) < _HEADER or data[: len(MAGIC)] != MAGIC:
             raise PayloadError("not a twat-cache payload (truncated or foreign)")
-        flags = data[len(MAGIC)]
-        mac = data[len(MAGIC) + 1 : _HEADER]
-        body = data[_HEADER:]
-        if flags != self._flags:
+        if data[len(MAGIC)] != self._flags:
             raise PayloadError(
                 "payload written with other settings (format, compression or signing)"
             )
-        if self.secure and not verify(self._secret, bytes([flags]) + body, mac):
+        body = data[_HEADER:]
+        if self.secure and not hmac.compare_digest(
+            self._sign(body), data[len(MAGIC) + 1 : _HEADER]
+        ):
             raise PayloadError("payload signature does not verify (tampered or foreign key)")
         return body
 
-    def decode(self, body: bytes) -> Any:
+    def decode(self, body: bytes | memoryview) -> Any:
         """Decompress and deserialize a verified body."""
         try:
             if self.compression == "zlib":
@@ -202,7 +211,7 @@ class Serializer:
             elif self.compression == "lzma":
                 body = lzma.decompress(body)
             if self.format == "json":
-                return json.loads(body)
+                return json.loads(bytes(body))
             return pickle.loads(body)  # verified above when secure
         except Exception as exc:
             raise PayloadError(f"payload does not decode: {type(exc).__name__}: {exc}") from exc
