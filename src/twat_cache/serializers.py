@@ -26,7 +26,9 @@ __all__ = ["PayloadError", "Serializer", "UnserializableError", "get_secret", "s
 # before the body is decompressed or unpickled: unverified bytes never reach pickle.
 MAGIC = b"TWC\x01"
 MAC_SIZE = 32
-_HEADER = len(MAGIC) + 1 + MAC_SIZE
+_MAC_AT = len(MAGIC) + 1
+_HEADER = _MAC_AT + MAC_SIZE
+_VIEW_FROM = 1 << 16  # bodies from this size on are returned as views, not copies
 _PICKLE, _JSON = 0x01, 0x02
 _ZLIB, _LZMA = 0x10, 0x20
 _SIGNED = 0x80
@@ -150,12 +152,16 @@ class Serializer:
             | (_SIGNED if self.secure else 0)
         )
         self._flag_byte = bytes([self._flags])
-        # One keyed hasher, copied per payload: keying BLAKE2b costs as much as hashing 1 KB.
-        self._mac = hashlib.blake2b(key=self._secret, digest_size=MAC_SIZE) if self.secure else None
+        self._prefix = MAGIC + self._flag_byte
+        # One keyed hasher that has already absorbed the flags, copied per payload: keying
+        # BLAKE2b costs as much as hashing 1 KB.
+        self._mac = None
+        if self.secure:
+            self._mac = hashlib.blake2b(key=self._secret, digest_size=MAC_SIZE)
+            self._mac.update(self._flag_byte)
 
     def _sign(self, body: bytes | memoryview) -> bytes:
         mac = self._mac.copy()  # type: ignore[union-attr]  # only called when secure
-        mac.update(self._flag_byte)
         mac.update(body)
         return mac.digest()
 
@@ -186,20 +192,20 @@ class Serializer:
         """A complete payload for `value`."""
         return self.frame(self.encode(value))
 
-    def unframe(self, payload: bytes | memoryview) -> memoryview:
-        """Check a payload's header and signature; return its body (a view, not a copy),
-        or raise PayloadError."""
-        data = memoryview(payload)
-        if len(data) < _HEADER or data[: len(MAGIC)] != MAGIC:
-            raise PayloadError("not a twat-cache payload (truncated or foreign)")
-        if data[len(MAGIC)] != self._flags:
+    def unframe(self, payload: bytes | memoryview) -> bytes | memoryview:
+        """Check a payload's header and signature; return its body, or raise PayloadError.
+
+        The body is a copy for small payloads (cheaper than a view) and a view of large
+        ones (no second copy of megabytes)."""
+        data = payload if type(payload) is bytes else bytes(payload)
+        if len(data) < _HEADER or not data.startswith(self._prefix):
+            if len(data) < _HEADER or not data.startswith(MAGIC):
+                raise PayloadError("not a twat-cache payload (truncated or foreign)")
             raise PayloadError(
                 "payload written with other settings (format, compression or signing)"
             )
-        body = data[_HEADER:]
-        if self.secure and not hmac.compare_digest(
-            self._sign(body), data[len(MAGIC) + 1 : _HEADER]
-        ):
+        body = data[_HEADER:] if len(data) < _VIEW_FROM else memoryview(data)[_HEADER:]
+        if self.secure and not hmac.compare_digest(self._sign(body), data[_MAC_AT:_HEADER]):
             raise PayloadError("payload signature does not verify (tampered or foreign key)")
         return body
 
