@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,35 @@ def test_entry_count_evicts_in_policy_order(
     assert {k for k in "abcd" if engine.get(k, MISS) is MISS} == {evicted}
 
 
+def test_a_cull_removes_value_files_only_once_committed(
+    make: Callable[..., DiskCacheEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Readers take no lock (fifo hits are one SELECT): whenever a value file is removed,
+    # the row naming it must already be gone for every other connection, or a reader
+    # finds a dangling row and drops the entry with a false security warning.
+    engine = make(policy="fifo", maxsize=2)
+    for key in ("a", "b"):
+        engine.set(key, checked(key, BIG))
+        time.sleep(0.002)  # distinct store times: "a" is the first to go
+    real_remove = engine._disk.remove
+    seen: list[Any] = []
+
+    def remove_then_read(filename: str) -> None:
+        real_remove(filename)
+        reader = threading.Thread(target=lambda: seen.append(engine.get("a", MISS)))
+        reader.start()
+        reader.join(10)
+
+    monkeypatch.setattr(engine._disk, "remove", remove_then_read)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.set("c", checked("c", BIG))
+    assert seen == [MISS]
+    assert [str(w.message) for w in caught] == []
+    assert engine.get("b") == checked("b", BIG)
+    assert len(value_files(engine.directory)) == 2
+
+
 def test_ttl_policy_evicts_the_nearest_expiry(make: Callable[..., DiskCacheEngine]) -> None:
     engine = make(maxsize=3, ttl=60)
     engine.set("a", 1, ttl=50)
@@ -263,12 +293,18 @@ def _damage(data: bytes, how: str) -> bytes:
     return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
 
 
+#: The two read paths: lru hits go through diskcache's get (a write transaction recording
+#: the access), fifo hits through the engine's own SELECT (no write).
+READ_PATHS = ["lru", "fifo"]
+
+
+@pytest.mark.parametrize("policy", READ_PATHS)
 @pytest.mark.parametrize("how", ["truncated", "zero-filled", "byte-flipped", "deleted"])
 @pytest.mark.parametrize("where", ["row", "file"])
 def test_corrupt_entry_is_a_miss_dropped_with_one_warning(
-    make: Callable[..., DiskCacheEngine], where: str, how: str
+    make: Callable[..., DiskCacheEngine], where: str, how: str, policy: str
 ) -> None:
-    engine = make()
+    engine = make(policy=policy)
     size = SMALL if where == "row" else BIG
     engine.set("bad", checked("bad", size))
     engine.set("good", checked("good", size))
@@ -293,8 +329,11 @@ def test_corrupt_entry_is_a_miss_dropped_with_one_warning(
         assert len(value_files(engine.directory)) == 1  # the damaged file went with its row
 
 
-def test_security_warning_is_given_once_per_engine(make: Callable[..., DiskCacheEngine]) -> None:
-    engine = make()
+@pytest.mark.parametrize("policy", READ_PATHS)
+def test_security_warning_is_given_once_per_engine(
+    make: Callable[..., DiskCacheEngine], policy: str
+) -> None:
+    engine = make(policy=policy)
     for key in ("a", "b", "c"):
         engine.set(key, checked(key, SMALL))
         update_row(engine, key, value=b"TWC\x01 forged")
@@ -314,11 +353,12 @@ class _Exploit:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.parametrize("policy", READ_PATHS)
 @pytest.mark.parametrize(
     "forgery", ["foreign-key", "unsigned", "diskcache-pickle", "file-foreign-key", "file-unsigned"]
 )
 def test_forged_pickle_never_runs(
-    make: Callable[..., DiskCacheEngine], tmp_path: Path, forgery: str
+    make: Callable[..., DiskCacheEngine], tmp_path: Path, forgery: str, policy: str
 ) -> None:
     marker = tmp_path / "exploited"
     body = pickle.dumps([_Exploit(marker), b"p" * (BIG if forgery.startswith("file") else 1)])
@@ -327,7 +367,7 @@ def test_forged_pickle_never_runs(
     assert marker.exists()
     marker.unlink()
 
-    engine = make()
+    engine = make(policy=policy)
     engine.set("target", "honest value" * (BIG // 10 if forgery.startswith("file") else 1))
     attacker = Serializer(CacheConfig(secure=True), secret=b"attacker" * 4)
     unsigned = Serializer(CacheConfig(secure=False))
@@ -352,12 +392,13 @@ def test_forged_pickle_never_runs(
     assert engine.get("target", MISS) is MISS
 
 
+@pytest.mark.parametrize("policy", READ_PATHS)
 def test_a_row_naming_a_file_outside_the_cache_is_refused(
-    make: Callable[..., DiskCacheEngine], tmp_path: Path
+    make: Callable[..., DiskCacheEngine], tmp_path: Path, policy: str
 ) -> None:
     outside = tmp_path / "precious.txt"
     outside.write_text("keep me")
-    engine = make()
+    engine = make(policy=policy)
     engine.set("k", b"x" * BIG)
     update_row(engine, "k", filename=os.path.relpath(outside, engine.directory))
     with pytest.warns(SecurityWarning):
@@ -499,6 +540,205 @@ def test_opening_a_locked_database_fails_in_bounded_time(
         with pytest.raises(EngineError, match="locked"):
             make()
         assert time.monotonic() - start < 3
+
+
+# --- the read path ----------------------------------------------------------------------
+
+
+def access(engine: DiskCacheEngine, key: str) -> tuple[float, int]:
+    """(access_time, access_count) of the entry's row, read over a second connection."""
+    with contextlib.closing(sqlite3.connect(engine.directory / "cache.db")) as con:
+        ((access_time, access_count),) = con.execute(
+            "SELECT access_time, access_count FROM Cache WHERE key = ?", (key,)
+        ).fetchall()
+    return access_time, access_count
+
+
+def database_files(engine: DiskCacheEngine) -> list[tuple[int, int]]:
+    """(size, mtime) of the database and its WAL: any commit changes the WAL."""
+    stats = [(engine.directory / name).stat() for name in ("cache.db", "cache.db-wal")]
+    return [(s.st_size, s.st_mtime_ns) for s in stats]
+
+
+@pytest.mark.parametrize(
+    ("options", "writes"),
+    [
+        ({"policy": "lru"}, True),
+        ({"policy": "lfu"}, True),
+        ({"policy": "fifo"}, False),
+        ({"policy": "fifo", "maxsize": 10}, False),
+        ({"policy": "ttl", "ttl": 60}, False),
+        ({"maxsize": None}, False),  # nothing bounded: no order to keep, even under lru
+    ],
+)
+def test_a_hit_writes_only_when_the_policy_orders_by_reads(
+    make: Callable[..., DiskCacheEngine], options: dict[str, Any], writes: bool
+) -> None:
+    engine = make(**options)
+    engine.set("small", checked("small", SMALL))
+    engine.set("big", checked("big", BIG))
+    connection = engine._connection()  # the connection the engine reads and writes with
+    changes, files = connection.total_changes, database_files(engine)
+    time.sleep(0.02)  # a write now would show in the WAL's mtime
+    for _ in range(3):
+        assert is_valid("small", engine.get("small"))
+        assert is_valid("big", engine.get("big"))
+    assert (connection.total_changes != changes) is writes
+    assert (database_files(engine) != files) is writes
+    assert (engine._read == engine._select) is not writes
+
+
+@pytest.mark.parametrize(("policy", "column"), [("lru", 0), ("lfu", 1)])
+def test_lru_and_lfu_hits_still_record_the_access(
+    make: Callable[..., DiskCacheEngine], policy: str, column: int
+) -> None:
+    engine = make(policy=policy)
+    engine.set("k", checked("k", SMALL))
+    before = access(engine, "k")
+    time.sleep(0.01)
+    assert is_valid("k", engine.get("k"))
+    after = access(engine, "k")
+    assert after[column] > before[column]
+    if policy == "lfu":
+        assert after[1] == before[1] + 1
+
+
+@pytest.mark.parametrize("options", [{"policy": "ttl", "ttl": 60}, {"policy": "fifo", "ttl": 60}])
+def test_an_expired_entry_is_a_miss_without_a_write(
+    make: Callable[..., DiskCacheEngine], options: dict[str, Any]
+) -> None:
+    engine = make(**options)
+    assert engine._read == engine._select
+    engine.set("short", 1, ttl=0.05)
+    engine.set("big", b"b" * BIG, ttl=0.05)
+    engine.set("long", 2)
+    assert engine.get("short") == 1
+    assert engine.get("big") == b"b" * BIG
+    time.sleep(0.1)
+    assert engine.get("short", MISS) is MISS
+    assert engine.get("big", MISS) is MISS
+    assert engine.get("long") == 2
+    assert len(engine._cache) == 3  # expired rows are read as misses, not deleted
+    # Another process's expiry is honoured to the same rule: `expire_time > now` is live.
+    update_row(engine, "long", expire_time=time.time() - 1)
+    assert engine.get("long", MISS) is MISS
+    update_row(engine, "long", expire_time=time.time() + 60)
+    assert engine.get("long") == 2
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        "row",
+        "file",
+        "absent",
+        "expired",
+        "live expiry",
+        "text expiry",  # a tampered column: SQLite sorts text above numbers, so it is live
+        "file vanished",
+        "file is a directory",
+        "file outside the cache",
+        "pickle mode",
+        "text value",
+        "null value",
+    ],
+)
+def test_the_read_path_returns_what_diskcache_get_returns(
+    make: Callable[..., DiskCacheEngine], state: str
+) -> None:
+    engine = make(policy="fifo", ttl=60)
+    assert engine._read == engine._select
+    big = state.startswith("file")
+    engine.set("k", checked("k", BIG if big else SMALL))
+    _, filename, _ = row(engine, "k")
+    path = engine.directory / filename if filename else None
+    if state == "absent":
+        engine.delete("k")
+    elif state in ("expired", "live expiry", "text expiry"):
+        when = {"expired": time.time() - 1, "live expiry": time.time() + 60}.get(state, "soon")
+        update_row(engine, "k", expire_time=when)
+    elif state == "file vanished":
+        assert path is not None
+        path.unlink()
+    elif state == "file is a directory":
+        assert path is not None
+        path.unlink()
+        path.mkdir()
+    elif state == "file outside the cache":
+        update_row(engine, "k", filename="../outside.val")
+    elif state == "pickle mode":
+        update_row(engine, "k", mode=4, value=pickle.dumps("a diskcache value"))
+    elif state == "text value":
+        update_row(engine, "k", value="text")
+    elif state == "null value":
+        update_row(engine, "k", value=None)
+    ours, theirs = engine._select("k", MISS), engine._cache.get("k", MISS)
+    if isinstance(ours, engine_module._Vanished):
+        assert isinstance(theirs, engine_module._Vanished)
+        assert ours.filename == theirs.filename
+    elif isinstance(ours, bytes):
+        assert ours == theirs
+        assert is_valid("k", engine.serializer.loads(ours))
+    else:
+        assert ours is theirs
+        assert ours is MISS or ours is engine_module._FOREIGN
+
+
+@contextlib.contextmanager
+def locked_for_readers(database: Path) -> Iterator[None]:
+    """Lock a WAL database against readers as well: SQLite's exclusive locking mode (no
+    shared memory). It takes the lock only while no other connection is open."""
+    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as con:
+        con.execute("PRAGMA locking_mode = EXCLUSIVE")
+        con.execute("BEGIN EXCLUSIVE")
+        con.execute("UPDATE Settings SET value = value WHERE key = 'count'")
+        try:
+            yield
+        finally:
+            con.execute("ROLLBACK")
+
+
+def test_a_read_locked_out_raises_timeout_in_bounded_time(
+    make: Callable[..., DiskCacheEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DiskCacheEngine, "BUSY_TIMEOUT", 0.2)
+    engine = make(policy="fifo")
+    engine.set("k", 1)
+    with locked(engine.directory / "cache.db"):
+        assert engine.get("k") == 1  # WAL: a writer's lock does not block readers
+    engine.close()
+    with locked_for_readers(engine.directory / "cache.db"):
+        start = time.monotonic()
+        with pytest.raises(diskcache.Timeout):
+            engine.get("k")
+        assert time.monotonic() - start < 4 * DiskCacheEngine.BUSY_TIMEOUT + 1
+    assert engine.get("k") == 1
+
+
+def test_a_read_locked_out_degrades_to_calling_the_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(DiskCacheEngine, "BUSY_TIMEOUT", 0.2)
+    calls: list[int] = []
+
+    @mcache(cache_engine="diskcache", folder_name="readlocked", policy="fifo")
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    assert square(3) == square(3) == 9
+    square.cache_engine.close()
+    with (
+        locked_for_readers(square.cache_engine.directory / "cache.db"),
+        pytest.warns(CacheFaultWarning, match="Timeout") as record,
+    ):
+        results = [square(3), square(3)]
+    assert results == [9, 9]
+    assert len(record) == 1, [str(w.message) for w in record]
+    assert calls == [3, 3, 3]
+    assert square(3) == 9  # lock released: a hit again
+    assert calls == [3, 3, 3]
+    square.cache_engine.close()
 
 
 # --- failed writes ----------------------------------------------------------------------
@@ -652,8 +892,8 @@ from twat_cache import MISS, CacheConfig
 from twat_cache.engines.diskcache import DiskCacheEngine
 
 SIZES = (64, 2_000, 40_000, 150_000)
-role, folder, seconds, seed, maxsize = sys.argv[1:6]
-engine = DiskCacheEngine(CacheConfig(folder_name=folder, maxsize=int(maxsize)))
+role, folder, seconds, seed, maxsize, policy = sys.argv[1:7]
+engine = DiskCacheEngine(CacheConfig(folder_name=folder, maxsize=int(maxsize), policy=policy))
 keys = [f"shared:{i}" for i in range(48)]
 
 def checked(key, rng):
@@ -718,11 +958,13 @@ def _run(script: Path, *args: Any) -> subprocess.Popen[str]:
     )
 
 
-def test_processes_and_threads_never_read_a_wrong_value(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", READ_PATHS)
+def test_processes_and_threads_never_read_a_wrong_value(tmp_path: Path, policy: str) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    DiskCacheEngine(CacheConfig(folder_name="stress", maxsize=32)).close()  # created once
-    workers = [_run(script, "stress", "stress", 1.5, seed, 32) for seed in range(4)]
+    config = CacheConfig(folder_name="stress", maxsize=32, policy=policy)
+    DiskCacheEngine(config).close()  # created once
+    workers = [_run(script, "stress", "stress", 1.5, seed, 32, policy) for seed in range(4)]
     results = []
     for worker in workers:
         out, err = worker.communicate(timeout=60)
@@ -736,7 +978,7 @@ def test_processes_and_threads_never_read_a_wrong_value(tmp_path: Path) -> None:
     assert all(e == "Timeout()" for e in errors), errors
     assert len(errors) <= operations // 100, errors
     assert all(r["hits"] and r["writes"] for r in results), results
-    engine = DiskCacheEngine(CacheConfig(folder_name="stress", maxsize=32))
+    engine = DiskCacheEngine(config)
     assert len(engine) <= 32
     for i in range(48):
         key = f"shared:{i}"
@@ -745,19 +987,22 @@ def test_processes_and_threads_never_read_a_wrong_value(tmp_path: Path) -> None:
     engine.close()
 
 
-def test_writer_killed_mid_write_leaves_only_exact_entries_or_misses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", READ_PATHS)
+def test_writer_killed_mid_write_leaves_only_exact_entries_or_misses(
+    tmp_path: Path, policy: str
+) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     rng = random.Random(7)
     for round_ in range(4):
-        writer = _run(script, "writer", "killed", 0, round_, 24)
+        writer = _run(script, "writer", "killed", 0, round_, 24, policy)
         assert writer.stdout is not None
         assert writer.stdout.readline().strip() == "ready", writer.stderr and writer.stderr.read()
         time.sleep(rng.uniform(0.05, 0.3))
         writer.send_signal(signal.SIGKILL)
         writer.communicate(timeout=30)
         assert writer.returncode == -signal.SIGKILL
-    engine = DiskCacheEngine(CacheConfig(folder_name="killed", maxsize=24))
+    engine = DiskCacheEngine(CacheConfig(folder_name="killed", maxsize=24, policy=policy))
     found = 0
     for i in range(48):
         key = f"shared:{i}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 import diskcache
+from diskcache import EVICTION_POLICY
 from diskcache.core import DBNAME, MODE_BINARY, MODE_RAW, UNKNOWN
 from pydantic import ByteSize
 
@@ -52,6 +53,12 @@ _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0)
 #: sqlite's primary result codes for a malformed file (SQLITE_CORRUPT, SQLITE_NOTADB).
 _CORRUPT_CODES: Final = frozenset({11, 26})
+#: sqlite's primary result codes for a lock held past the busy timeout (SQLITE_BUSY, _LOCKED).
+_BUSY_CODES: Final = frozenset({5, 6})
+#: The read of the hit path when reads write nothing: the columns `Disk.fetch` needs, plus
+#: the expiry, by the unique (key, raw) index. Expiry is checked in Python (no clock read
+#: for the rows without one, which is every row of an engine without a ttl).
+_SELECT: Final = "SELECT expire_time, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
 
 
 class _Vanished:
@@ -165,15 +172,33 @@ def _is_corrupt(exc: BaseException) -> bool:
     return "malformed" in message or "not a database" in message
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    message = str(exc)
+    return "locked" in message or "busy" in message
+
+
+def _reads_write(cache: diskcache.Cache) -> bool:
+    """Whether diskcache's `get` writes on a hit: the access time (lru) or count (lfu) its
+    eviction policy orders by, or hit statistics. diskcache's own get takes its no-write
+    path on exactly the opposite condition."""
+    return EVICTION_POLICY[cache.eviction_policy]["get"] is not None or bool(cache.statistics)
+
+
 class DiskCacheEngine(PersistentEngine):
     """Persistent engine on diskcache: one SQLite database (WAL) per folder, shared safely by
     threads and processes; each value a signed payload verified before it is loaded.
 
     `maxsize` as bytes ("500MB", and the 1 GiB default) is diskcache's `size_limit`, culled
     by diskcache itself; as an int it counts entries, culled after each write in the
-    policy's order. Writes wait at most `BUSY_TIMEOUT` seconds for a locked database, then
-    raise `diskcache.Timeout` (the wrapper then calls the function uncached). Keys are str;
-    other keys (CacheContext users) are turned into stable digests.
+    policy's order. A hit under "lru" or "lfu" records the access in a write transaction
+    (diskcache's get); under the other policies it is one SELECT and writes nothing. Reads
+    and writes wait at most `BUSY_TIMEOUT` seconds for a locked database, then raise
+    `diskcache.Timeout` (the wrapper then calls the function uncached); in WAL mode a
+    writer's lock does not block readers. Keys are str; other keys (CacheContext users)
+    are turned into stable digests.
 
     >>> engine = DiskCacheEngine(CacheConfig(folder_name="doc-diskcache"))
     >>> engine.set("answer", {"value": 42})
@@ -219,7 +244,7 @@ class DiskCacheEngine(PersistentEngine):
             settings = {"eviction_policy": _POLICIES[policy], "size_limit": _NO_BYTE_LIMIT}
             self._count_limit = int(bound)
         self._victims = (
-            f"SELECT key FROM Cache WHERE raw = 1 AND key != ? "
+            f"SELECT rowid, filename FROM Cache WHERE raw = 1 AND key != ? "
             f"ORDER BY {_VICTIM_ORDER[policy]} LIMIT ?"
         )
         self._ttl = self.config.ttl
@@ -227,7 +252,9 @@ class DiskCacheEngine(PersistentEngine):
         self._disk: _PayloadDisk = self._cache.disk
         self._dumps = self.serializer.dumps
         self._loads = self.serializer.loads
-        self._read = self._cache.get
+        # lru and lfu hits update the row (access time or count) inside diskcache's write
+        # transaction: those keep diskcache's get. Every other policy reads with one SELECT.
+        self._read = self._cache.get if _reads_write(self._cache) else self._select
 
     # --- opening ------------------------------------------------------------------------
 
@@ -309,6 +336,30 @@ class DiskCacheEngine(PersistentEngine):
             self.rejected(key, exc)
             return default
 
+    def _select(self, key: str, default: Any) -> Any:
+        """`diskcache.Cache.get(key, default)` where hits write nothing, without its per-call
+        overhead: the same row, the same expiry rule, the same `Disk.fetch` for file values.
+        A lock held past the busy timeout raises `diskcache.Timeout`, as diskcache's writes do."""
+        try:
+            found = self._connection().execute(_SELECT, (key,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise diskcache.Timeout(str(exc)) from exc
+            raise
+        if found is None:
+            return default
+        expire_time, mode, filename, value = found
+        # SQLite's `expire_time > now`: NULL never expires, and neither does a text or blob
+        # (tampered) column, which sorts above every number.
+        if type(expire_time) is float and expire_time <= time.time():
+            return default
+        if mode == MODE_RAW and type(value) is bytes:
+            return value
+        try:
+            return self._disk.fetch(mode, filename, value, False)
+        except OSError:  # what diskcache's get does: the file went before it could be read
+            return default
+
     def _unreadable(self, key: str, found: Any) -> Any:
         """A row without a payload: a value file gone, or a row this engine never wrote."""
         if isinstance(found, _Vanished):
@@ -353,18 +404,30 @@ class DiskCacheEngine(PersistentEngine):
         cache = self._cache
         if self.expires:
             cache.expire()
+        files: list[Any] = []
         with cache.transact():
             excess = len(cache) - limit
             if excess > 0:
-                rows = self._query(self._victims, (keep, excess))
-                for (victim,) in rows:
-                    cache.delete(victim)
+                for rowid, filename in self._query(self._victims, (keep, excess)):
+                    self._query("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                    files.append(filename)
+        # Value files go once the deletes have committed, as diskcache's own deletes do
+        # (`cache.delete` nested in `transact` removes them before the commit): a reader,
+        # which takes no lock, must never see a row whose file is already gone.
+        for filename in files:
+            if filename is not None:
+                self._disk.remove(filename)
+
+    def _connection(self) -> sqlite3.Connection:
+        # The one use of diskcache's private API. diskcache has no public query API: its
+        # per-thread connection (`_con`, stable since diskcache 3; it reconnects after a
+        # fork and after `close`, and carries the busy timeout and pragmas) runs the reads
+        # its public methods lack, over the Cache table's documented columns (key, raw,
+        # store_time, expire_time, access_time, access_count, mode, filename, value).
+        return self._cache._con  # type: ignore[no-any-return]  # untyped library
 
     def _query(self, statement: str, parameters: tuple[Any, ...]) -> list[Any]:
-        # diskcache has no public query API: its per-thread connection (`_sql`, stable
-        # since diskcache 3) runs the two reads its public methods lack, over the Cache
-        # table's documented columns (store_time, access_time, access_count, expire_time).
-        return self._cache._sql(statement, parameters).fetchall()  # type: ignore[no-any-return]  # untyped library
+        return self._connection().execute(statement, parameters).fetchall()
 
     def delete(self, key: Any) -> bool:
         if type(key) is not str:
