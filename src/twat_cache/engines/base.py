@@ -23,6 +23,7 @@ __all__ = [
     "PersistentEngine",
     "capabilities_of",
     "engine_name",
+    "persistent_capabilities",
     "put_of",
 ]
 
@@ -249,6 +250,21 @@ class NullEngine(BaseEngine):
         return 0
 
 
+def persistent_capabilities(policies: frozenset[str]) -> Capabilities:
+    """The capabilities every disk engine shares: expiry, persistence visible to other
+    processes, serialized payloads, byte limits, blocking I/O; only the policies differ."""
+    return Capabilities(
+        policies=policies,
+        ttl=True,
+        persistent=True,
+        shared=True,
+        thread_safe=True,
+        needs_serialization=True,
+        byte_limits=True,
+        blocking=True,
+    )
+
+
 class PersistentEngine(BaseEngine):
     """Plumbing for engines that store on disk: their private directory under the cache
     root, the serializer (signed payloads by default), the default size bound, and the
@@ -257,6 +273,12 @@ class PersistentEngine(BaseEngine):
 
     #: Bytes kept when `maxsize` is not given: no persistent cache grows without bound.
     DEFAULT_SIZE_LIMIT: ClassVar[int] = 2**30
+
+    @classmethod
+    def unsupported(cls, config: CacheConfig) -> str | None:
+        if config.folder_name is None:
+            return f"{cls.name} needs a folder_name"
+        return super().unsupported(config)
 
     def __init__(self, config: CacheConfig | None = None) -> None:
         super().__init__(config)

@@ -20,7 +20,7 @@ from pydantic import ByteSize
 
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
-from twat_cache.engines.base import MISS, Capabilities, PersistentEngine
+from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
 from twat_cache.keys import stable_digest
 from twat_cache.serializers import PayloadError
@@ -208,28 +208,11 @@ class DiskCacheEngine(PersistentEngine):
     """
 
     name = "diskcache"
-    capabilities = Capabilities(
-        policies=frozenset(_POLICIES),
-        ttl=True,
-        persistent=True,
-        shared=True,
-        thread_safe=True,
-        needs_serialization=True,
-        byte_limits=True,
-        blocking=True,
-    )
+    capabilities = persistent_capabilities(frozenset(_POLICIES))
     #: Seconds a read or write waits for another connection's lock (SQLite busy timeout).
     BUSY_TIMEOUT: ClassVar[float] = 1.0
     #: Seconds opening waits for a lock: concurrent processes creating one database.
     OPEN_TIMEOUT: ClassVar[float] = 5.0
-
-    @classmethod
-    def unsupported(cls, config: CacheConfig) -> str | None:
-        if config.folder_name is None:
-            return "diskcache needs a folder_name"
-        if config.policy not in _POLICIES:
-            return f"diskcache has no {config.policy!r} eviction policy"
-        return super().unsupported(config)
 
     def __init__(self, config: CacheConfig | None = None) -> None:
         super().__init__(config)

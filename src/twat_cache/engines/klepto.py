@@ -15,7 +15,7 @@ from pydantic import ByteSize
 
 from twat_cache.config import CacheConfig
 from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore
-from twat_cache.engines.base import Capabilities, PersistentEngine
+from twat_cache.engines.base import PersistentEngine, persistent_capabilities
 from twat_cache.serializers import PayloadError
 
 __all__ = ["KleptoEngine"]
@@ -39,16 +39,7 @@ class KleptoEngine(PersistentEngine):
     """
 
     name = "klepto"
-    capabilities = Capabilities(
-        policies=frozenset({"lru", "fifo", "rr", "ttl"}),
-        ttl=True,
-        persistent=True,
-        shared=True,
-        needs_serialization=True,
-        byte_limits=True,
-        blocking=True,
-        thread_safe=True,
-    )
+    capabilities = persistent_capabilities(frozenset({"lru", "fifo", "rr", "ttl"}))
 
     def __init__(self, config: CacheConfig | None = None) -> None:
         super().__init__(config)
