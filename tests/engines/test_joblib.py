@@ -20,7 +20,7 @@ import joblib
 import pytest
 
 from twat_cache import MISS, CacheConfig, mcache
-from twat_cache.engines import joblib as joblib_engine
+from twat_cache.engines import _joblib_files as joblib_files
 from twat_cache.engines.joblib import JoblibEngine
 from twat_cache.exceptions import CacheFaultWarning, SecurityWarning
 from twat_cache.serializers import UnserializableError
@@ -76,9 +76,7 @@ def test_one_private_data_file_and_one_record_per_entry(make: Callable[..., Jobl
     assert (engine.get("../../escape"), engine.get(("tuple", 1)), engine.get(5)) == ("a", "b", "c")
     names = [p.name for p in files(engine)]
     assert len(names) == 6
-    assert all(
-        joblib_engine._RECORD.fullmatch(n) or joblib_engine._DATA.fullmatch(n) for n in names
-    )
+    assert all(joblib_files.RECORD.fullmatch(n) or joblib_files.DATA.fullmatch(n) for n in names)
     assert {p.stat().st_mode & 0o777 for p in files(engine)} == {0o600}
     assert not list(engine.directory.parent.glob("escape*"))
 
@@ -108,21 +106,23 @@ def test_pandas_frame_round_trip(make: Callable[..., JoblibEngine]) -> None:
     pd.testing.assert_frame_equal(engine.get("frame"), frame)
 
 
-def test_mmap_mode_maps_verified_arrays(make: Callable[..., JoblibEngine]) -> None:
+@pytest.mark.parametrize("wrapped", [False, True], ids=["npy", "joblib"])
+def test_mmap_mode_maps_verified_arrays(make: Callable[..., JoblibEngine], wrapped: bool) -> None:
+    # A bare array is an .npy file; in a list, it is written (raw) by joblib.
     np = pytest.importorskip("numpy")
     array = np.linspace(0, 1, 100_000)
     engine = make(mmap_mode="r")
-    engine.set("a", array)
-    loaded = engine.get("a")
+    engine.set("a", [array] if wrapped else array)
+    loaded = engine.get("a")[0] if wrapped else engine.get("a")
     assert isinstance(loaded, np.memmap)
     assert not loaded.flags.writeable
     np.testing.assert_array_equal(loaded, array)
     del loaded
-    data = only(engine, "*.joblib")
+    data = only(engine, "*.joblib" if wrapped else "*.npy")
     content = bytearray(data.read_bytes())
     content[-8] ^= 0xFF  # inside the array: only the signature can tell
     data.write_bytes(bytes(content))
-    with pytest.warns(SecurityWarning):
+    with pytest.warns(SecurityWarning, match="signature"):
         assert engine.get("a", MISS) is MISS
 
 
@@ -145,6 +145,295 @@ def test_refused_configurations() -> None:
     assert why(mmap_mode="r+", secure=False) is None
     assert "lfu" in (why(policy="lfu") or "")
     assert why(maxsize="10MB", policy="fifo") is None
+
+
+# --- plain arrays: the .npy files --------------------------------------------------------
+
+
+def plain_arrays(np: Any) -> dict[str, Any]:
+    """Plain arrays of many dtypes, shapes and layouts: each is written as `.npy`."""
+    rng = np.random.default_rng(1)
+    padded = np.dtype([("a", "i1"), ("b", "<f8"), ("c", "U3", (2,))], align=True)
+    record = np.zeros(4, dtype=padded)
+    record["b"] = rng.random(4)
+    record["c"] = [["x", "yé"], ["", "zzz"], ["a", "b"], ["c", "d"]]
+    return {
+        "float64": rng.random((40, 30)),
+        "0-d": np.array(3.5),
+        "0-d int16": np.array(-7, dtype=np.int16),
+        "empty": np.empty((0,)),
+        "empty 2-d": np.empty((3, 0), dtype=np.int32),
+        "fortran": np.asfortranarray(rng.random((7, 5, 3))),
+        "big-endian": np.arange(1000, dtype=">i4"),
+        "bool": rng.random(99) > 0.5,
+        "complex128": rng.random(10) + 1j * rng.random(10),
+        "float16": rng.random(33).astype(np.float16),
+        "longdouble": np.arange(5, dtype=np.longdouble) / 3,
+        "unicode": np.array(["a", "bé", "çde"]),
+        "bytes": np.array([b"x", b"yz"]),
+        "datetime64": np.array(["2024-01-01", "2025-06-30"], dtype="datetime64[D]"),
+        "timedelta64": np.arange(4, dtype="timedelta64[ms]"),
+        "structured, padded": record,
+        "strided view": np.arange(100.0)[::3],  # not contiguous: signed from the file
+        "transposed view": rng.random((6, 4))[:, ::2].T,
+        "several leaves": rng.random((3 * joblib_files.LEAF) // 8 + 5),
+    }
+
+
+@pytest.mark.parametrize("secure", [True, False], ids=["signed", "unsigned"])
+def test_plain_arrays_round_trip_as_npy_files(
+    make: Callable[..., JoblibEngine], secure: bool
+) -> None:
+    np = pytest.importorskip("numpy")
+    arrays = plain_arrays(np)
+    engine = make(secure=secure)
+    for label, array in arrays.items():
+        engine.set(label, array)
+    assert len(files(engine, "*.npy")) == len(arrays)
+    assert files(engine, "*.joblib") == []
+    for label, array in arrays.items():
+        loaded = engine.get(label, MISS)
+        assert type(loaded) is np.ndarray, label
+        assert (loaded.dtype, loaded.shape) == (array.dtype, array.shape), label
+        np.testing.assert_array_equal(loaded, array)
+        assert loaded.flags.writeable, label
+        assert loaded.flags.aligned, label
+        if array.flags.f_contiguous and not array.flags.c_contiguous:
+            assert loaded.flags.f_contiguous, label
+    for path in files(engine, "*.npy"):  # plain NumPy files, no pickle inside
+        np.load(path, allow_pickle=False)
+    assert {path.stat().st_mode & 0o777 for path in files(engine)} == {0o600}
+
+
+def test_other_arrays_go_through_joblib(make: Callable[..., JoblibEngine]) -> None:
+    np = pytest.importorskip("numpy")
+    values: dict[str, Any] = {
+        "object": np.array([1, "a", None], dtype=object),
+        "object field": np.array([(1, 2.0)], dtype=[("a", "O"), ("b", "f8")]),
+        "subclass": np.rec.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+        "masked": np.ma.masked_array([1, 2, 3], mask=[0, 1, 0]),
+        "metadata": np.zeros(3, dtype=np.dtype("f8", metadata={"unit": "m"})),
+    }
+    if hasattr(np.dtypes, "StringDType"):  # NumPy 2: a dtype of no fixed size
+        values["StringDType"] = np.array(["a", "bcd"], dtype=np.dtypes.StringDType())
+    engine = make()
+    for label, value in values.items():
+        engine.set(label, value)
+    assert len(files(engine, "*.joblib")) == len(values)
+    assert files(engine, "*.npy") == []
+    for label, value in values.items():
+        loaded = engine.get(label)
+        assert type(loaded) is type(value), label
+        assert loaded.dtype == value.dtype, label
+        assert loaded.tolist() == value.tolist(), label
+    assert engine.get("metadata").dtype.metadata == {"unit": "m"}
+    assert engine.get("masked").mask.tolist() == [False, True, False]
+    compressed = make(folder_name="compressed", compress="zlib")
+    compressed.set("a", np.zeros(100_000))  # compression is joblib's
+    assert only(compressed, "*.joblib").stat().st_size < 100_000
+    np.testing.assert_array_equal(compressed.get("a"), np.zeros(100_000))
+
+
+@pytest.mark.parametrize("mmap_mode", [None, "r"])
+@pytest.mark.parametrize("secure", [True, False], ids=["signed", "unsigned"])
+def test_npy_entries_never_unpickle(
+    make: Callable[..., JoblibEngine],
+    monkeypatch: pytest.MonkeyPatch,
+    secure: bool,
+    mmap_mode: str | None,
+) -> None:
+    np = pytest.importorskip("numpy")
+    engine = make(secure=secure, mmap_mode=mmap_mode)
+    array = np.arange(300_000, dtype=np.int64).reshape(600, 500)
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an .npy entry went through a loader that may unpickle")
+
+    for module, name in [(joblib, "load"), (np, "load"), (np.lib.format, "read_array")]:
+        monkeypatch.setattr(module, name, refused)
+    monkeypatch.setattr("pickle.loads", refused)
+    monkeypatch.setattr("pickle.load", refused)
+    engine.set("a", array)
+    np.testing.assert_array_equal(engine.get("a"), array)
+
+
+@pytest.mark.parametrize("where", ["magic", "header", "data", "last byte"])
+@pytest.mark.parametrize("mmap_mode", [None, "c"])
+def test_tampered_npy_file_is_a_miss(
+    make: Callable[..., JoblibEngine], where: str, mmap_mode: str | None
+) -> None:
+    np = pytest.importorskip("numpy")
+    engine = make(mmap_mode=mmap_mode)
+    engine.set("a", np.arange(2 * joblib_files.LEAF // 8, dtype=np.float64))
+    path = only(engine, "*.npy")
+    content = bytearray(path.read_bytes())
+    content[{"magic": 1, "header": 20, "data": len(content) // 2, "last byte": -1}[where]] ^= 1
+    path.write_bytes(bytes(content))
+    with pytest.warns(SecurityWarning, match="signature"):
+        assert engine.get("a", MISS) is MISS
+    assert files(engine) == []  # dropped
+
+
+@pytest.mark.parametrize("secure", [True, False], ids=["signed", "unsigned"])
+def test_npy_file_replaced_by_a_pickled_array_never_runs(
+    make: Callable[..., JoblibEngine], tmp_path: Path, secure: bool
+) -> None:
+    np = pytest.importorskip("numpy")
+    engine = make(secure=secure)
+    engine.set("a", np.zeros(20_000))
+    data = only(engine, "*.npy")
+    marker = tmp_path / "pwned"
+    forged = tmp_path / "forged.npy"
+    np.save(forged, np.array([Evil(str(marker))], dtype=object), allow_pickle=True)
+    payload = forged.read_bytes()
+    data.write_bytes(payload + b"\0" * (data.stat().st_size - len(payload)))
+    # Unsigned, the file's header is still checked against the record's.
+    with pytest.warns(SecurityWarning, match="signature" if secure else "header"):
+        assert engine.get("a", MISS) is MISS
+    assert not marker.exists()
+    np.load(forged, allow_pickle=True)  # while the payload itself is live:
+    assert marker.exists()
+
+
+def _edit_record(engine: JoblibEngine, **changes: Any) -> None:
+    record = only(engine, "*.sig")
+    raw = record.read_bytes()
+    fields = json.loads(raw[36:])
+    for name, change in changes.items():
+        if change is None:
+            del fields[name]
+        else:
+            fields[name] = change(fields[name]) if callable(change) else change
+    record.write_bytes(raw[:36] + json.dumps(fields).encode())
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"a": lambda h: h.replace("'<f8'", "'|O8'")}, "bad array header"),
+        ({"a": lambda h: h.replace("(1000,)", "(2000,)")}, "size does not match"),
+        ({"a": lambda h: h[:9] + h[10:]}, "bad array header"),
+        ({"n": 8136}, "size does not match"),
+        ({"f": "joblib"}, "names a .npy file"),
+    ],
+    ids=["object dtype", "shape", "cut", "size", "format"],
+)
+def test_unsigned_npy_record_must_match_its_file(
+    make: Callable[..., JoblibEngine], changes: dict[str, Any], problem: str
+) -> None:
+    # Unsigned entries are not protected against tampering, but the record's header is
+    # what shapes the array: an object dtype is refused, and it must fit the file.
+    np = pytest.importorskip("numpy")
+    engine = make(secure=False)
+    engine.set("a", np.ones(1000))
+    _edit_record(engine, **changes)
+    with pytest.warns(SecurityWarning, match=problem):
+        assert engine.get("a", MISS) is MISS
+
+
+def test_records_without_a_format_are_joblib_entries(make: Callable[..., JoblibEngine]) -> None:
+    engine = make(secure=False)
+    engine.set("k", {"v": 1})
+    _edit_record(engine, f=None)  # as written before .npy files
+    assert engine.get("k") == {"v": 1}
+    _edit_record(engine, f="npy")
+    with pytest.warns(SecurityWarning, match="names a .joblib file"):
+        assert engine.get("k", MISS) is MISS
+
+
+def test_npy_mmap_maps_the_file_after_verifying_it(
+    make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    np = pytest.importorskip("numpy")
+    engine = make(mmap_mode="c")
+    array = np.asfortranarray(np.arange(60_000, dtype=np.float32).reshape(300, 200))
+    engine.set("a", array)
+    steps: list[str] = []
+    real_mac, real_memmap = joblib_files.file_mac, np.memmap
+
+    def file_mac(*args: Any) -> bytes:
+        steps.append("verified")
+        return real_mac(*args)
+
+    def memmap(*args: Any, **kwargs: Any) -> Any:
+        steps.append("mapped")
+        return real_memmap(*args, **kwargs)
+
+    monkeypatch.setattr(joblib_files, "file_mac", file_mac)
+    monkeypatch.setattr(np, "memmap", memmap)
+    loaded = engine.get("a")
+    assert steps == ["verified", "mapped"]
+    assert isinstance(loaded, real_memmap)
+    assert loaded.flags.f_contiguous
+    assert loaded.flags.writeable  # copy-on-write
+    np.testing.assert_array_equal(loaded, array)
+    loaded[0, 0] = -1.0  # changes the mapping, never the signed file
+    assert engine.get("a")[0, 0] == 0.0
+    engine.set("0-d", np.array(2.5))
+    engine.set("empty", np.empty((0, 3)))
+    assert isinstance(engine.get("0-d"), real_memmap)
+    assert engine.get("0-d") == 2.5
+    assert engine.get("empty").shape == (0, 3)  # nothing to map: in memory
+
+
+def test_npy_mmap_r_plus_unsigned_writes_into_the_entry(make: Callable[..., JoblibEngine]) -> None:
+    # 'r+' (refused when signed) maps the file for writing, as joblib.load does.
+    np = pytest.importorskip("numpy")
+    engine = make(mmap_mode="r+", secure=False)
+    engine.set("a", np.arange(10.0))
+    loaded = engine.get("a")
+    assert isinstance(loaded, np.memmap)
+    loaded[0] = 42.0
+    loaded.flush()
+    del loaded
+    assert engine.get("a")[0] == 42.0
+
+
+def test_disk_full_while_writing_an_array(
+    make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    np = pytest.importorskip("numpy")
+    engine = make()
+
+    def write_array(fp: Any, array: Any, *args: Any, **kwargs: Any) -> None:
+        fp.write(b"\x93NUMPY" + bytes(100_000))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "write_array", write_array)
+    with pytest.raises(OSError, match="No space left"):
+        engine.set("a", np.ones(3 * joblib_files.LEAF // 8))
+    assert files(engine) == []
+    monkeypatch.setattr(np.lib.format, "write_array", lambda *args, **kwargs: 1 / 0)
+    with pytest.raises(UnserializableError, match="ZeroDivisionError"):
+        engine.set("a", np.ones(10))  # not the disk: the value is reported, not stored
+    assert files(engine) == []
+    assert not [t for t in threading.enumerate() if t.name == joblib_files.THREAD_NAME]
+
+
+def test_engine_works_without_numpy(make: Callable[..., JoblibEngine], tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    make(folder_name="no-numpy").set("array", np.ones(10))
+    script = tmp_path / "no_numpy.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, warnings
+            sys.modules["numpy"] = None  # `import numpy` fails, as if it were not installed
+            from twat_cache import MISS, CacheConfig
+            from twat_cache.engines.joblib import JoblibEngine
+
+            engine = JoblibEngine(CacheConfig(folder_name="no-numpy"))
+            engine.set("k", {"a": [1, 2]})
+            assert engine.get("k") == {"a": [1, 2]}
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                print(engine.get("array", MISS) is MISS, [str(w.message) for w in caught])
+            """
+        )
+    )
+    missed, warning = run_python(script).split(" ", 1)
+    assert missed == "True"
+    assert "without numpy" in warning
 
 
 # --- signatures and damaged entries ------------------------------------------------------
@@ -183,19 +472,72 @@ def test_file_signature_is_the_same_for_any_number_of_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: int
 ) -> None:
     # Written on a machine with many cores, verified on one with a single core: one MAC.
-    leaf = joblib_engine._LEAF
+    leaf = joblib_files.LEAF
     path = tmp_path / "data"
     path.write_bytes(os.urandom(3 * leaf + extra))
     secret = os.urandom(32)
     macs = set()
     with open(path, "rb") as handle:
         for workers in (1, 2, 3, 4):
-            monkeypatch.setattr(joblib_engine, "_WORKERS", workers)
+            monkeypatch.setattr(joblib_files, "WORKERS", workers)
             for size in (0, 1, leaf + extra, 3 * leaf + extra):
-                macs.add((size, joblib_engine._file_mac(handle.fileno(), size, secret)))
+                macs.add((size, joblib_files.file_mac(handle.fileno(), size, secret)))
         assert handle.tell() == 0  # positional reads: joblib.load starts at the beginning
     assert len(macs) == 4  # one per size, whatever the threads
     assert len({mac for _, mac in macs}) == 4
+
+
+def test_contiguous_arrays_are_signed_from_memory_when_stored(
+    make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    np = pytest.importorskip("numpy")
+    engine = make()
+    reread: list[int] = []
+    real_mac = joblib_files.file_mac
+
+    def file_mac(fd: int, size: int, secret: bytes) -> bytes:
+        reread.append(size)
+        return real_mac(fd, size, secret)
+
+    monkeypatch.setattr(joblib_files, "file_mac", file_mac)
+    array = np.arange(3 * joblib_files.LEAF // 8 + 3, dtype=np.float64)
+    engine.set("c", array)
+    engine.set("f", np.asfortranarray(array[:-3].reshape(8, -1)))
+    assert reread == []  # the bytes just written were hashed where they were
+    engine.set("strided", array[::2])
+    assert len(reread) == 1  # a strided view is not one block: signed from its file
+    np.testing.assert_array_equal(engine.get("c"), array)
+    np.testing.assert_array_equal(engine.get("strided"), array[::2])
+
+
+def test_signature_from_memory_from_the_file_and_while_reading_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Written arrays are signed from memory, read ones while they are read into place:
+    # the MAC is the same as the file's, wherever a leaf begins in the pieces.
+    leaf = 1024
+    monkeypatch.setattr(joblib_files, "LEAF", leaf)
+    content = os.urandom(5 * leaf + 17)
+    path = tmp_path / "data"
+    path.write_bytes(content)
+    secret = os.urandom(32)
+    view = memoryview(content)
+    macs = set()
+    with open(path, "rb") as handle:
+        fd = handle.fileno()
+        for workers in (1, 2, 3):
+            monkeypatch.setattr(joblib_files, "WORKERS", workers)
+            macs.add(joblib_files.file_mac(fd, len(content), secret))
+            for cut in (0, 1, 100, leaf - 1, leaf, 2 * leaf + 5, len(content)):
+                for background in (False, True):
+                    signing = joblib_files.buffer_mac(
+                        (view[:cut], view[cut:]), secret, background=background
+                    )
+                    macs.add(signing())
+                into = (memoryview(bytearray(cut)), memoryview(bytearray(len(content) - cut)))
+                macs.add(joblib_files.read_mac(fd, into, secret))
+                assert b"".join(into) == content
+    assert len(macs) == 1
 
 
 def test_unsigned_entries_are_refused_when_secure(make: Callable[..., JoblibEngine]) -> None:
@@ -225,8 +567,8 @@ def test_record_copied_to_another_key_is_refused(make: Callable[..., JoblibEngin
     engine = make()
     engine.set("a", "value of a")
     engine.set("b", "value of b")
-    record_a = engine.directory / f"{joblib_engine._name('a')}.sig"
-    record_b = engine.directory / f"{joblib_engine._name('b')}.sig"
+    record_a = engine.directory / f"{joblib_files.name_of('a')}.sig"
+    record_b = engine.directory / f"{joblib_files.name_of('b')}.sig"
     record_b.write_bytes(record_a.read_bytes())
     with pytest.warns(SecurityWarning, match="not its own"):  # a's data file, not b's
         assert engine.get("b", MISS) is MISS

@@ -1,0 +1,473 @@
+"""The files of JoblibEngine: entry records, tree signatures, `.npy` data files, listings.
+
+On disk, per entry (`name` = 128-bit BLAKE2b of the key, so no key ever chooses a path):
+  <name>.<nonce>.joblib  the value, written by joblib.dump, never modified once in place;
+  <name>.<nonce>.npy     or, for a plain NumPy array, the value in NumPy's `.npy` format;
+  <name>.sig             the commit record: MAGIC | MAC | JSON (key, data file, its format,
+                         size and MAC, stored and expiry times; for `.npy`, the file's
+                         header, so an array is shaped from the signed record, never from
+                         unverified bytes), replaced atomically.
+Readers go through the record, so a value becomes visible in one os.replace; a fresh nonce
+per write means a reader never sees a data file change under it. The record's mtime is the
+entry's last use (LRU) or its store time (other policies).
+
+NumPy is imported only to read an `.npy` entry: a value can only be an array (and so take
+the `.npy` path) once NumPy is imported, and the engine works without it installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import math
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from twat_cache.serializers import PayloadError, UnserializableError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MAGIC = b"TWJ\x01"
+MAC_SIZE = 32
+HEAD = len(MAGIC) + MAC_SIZE
+RECORD = re.compile(r"([0-9a-f]{32})\.sig")
+DATA = re.compile(r"([0-9a-f]{32})\.[0-9a-f]{16}\.(joblib|npy)")
+# Temporary files of paths.atomic_write (".<target>.<random>.tmp"), and claimed records.
+TEMP = re.compile(r"\.([0-9a-f]{32})(?:\.[0-9a-f]{16}\.(?:joblib|npy)|\.sig)\.[A-Za-z0-9_]+\.tmp")
+LEAF = 4 << 20
+THREAD_NAME = "twat_cache-sign"
+JOBLIB, NPY = "joblib", "npy"
+
+
+@dataclass(frozen=True)
+class Meta:
+    key: str
+    data: str
+    size: int
+    mac: bytes
+    stored: float
+    expires: float | None
+    compressed: bool
+    format: str = JOBLIB
+    header: bytes = b""  # of an `.npy` data file: its first bytes, as written
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+def name_of(key: str) -> str:
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# --- records -----------------------------------------------------------------------------
+
+
+def encode(meta: Meta) -> bytes:
+    """The record's body (what follows MAGIC and its MAC)."""
+    fields: dict[str, Any] = {
+        "k": meta.key,
+        "d": meta.data,
+        "f": meta.format,
+        "n": meta.size,
+        "h": meta.mac.hex(),
+        "t": meta.stored,
+        "e": meta.expires,
+        "z": meta.compressed,
+    }
+    if meta.format == NPY:
+        fields["a"] = meta.header.decode("latin-1")  # any bytes, one char each
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def decode(body: bytes, name: str) -> Meta:
+    try:
+        fields = json.loads(body)
+        meta = Meta(
+            key=str(fields["k"]),
+            data=str(fields["d"]),
+            size=int(fields["n"]),
+            mac=bytes.fromhex(fields["h"]),
+            stored=float(fields["t"]),
+            expires=None if fields["e"] is None else float(fields["e"]),
+            compressed=bool(fields["z"]),
+            format=str(fields.get("f", JOBLIB)),
+            header=str(fields.get("a", "")).encode("latin-1"),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PayloadError(f"entry record does not decode: {type(exc).__name__}: {exc}") from exc
+    match = DATA.fullmatch(meta.data)
+    if match is None or match.group(1) != name:
+        raise PayloadError("entry record names a data file that is not its own")
+    if match.group(2) != meta.format:
+        raise PayloadError(f"entry record names a .{match.group(2)} file for {meta.format!r} data")
+    return meta
+
+
+def peek(raw: bytes | None, name: str) -> Meta | None:
+    """The record's metadata without checking its signature: only to clean up, never to
+    serve a value. None when it does not parse or names a data file not of this entry."""
+    if raw is None or raw[: len(MAGIC)] != MAGIC:
+        return None
+    try:
+        return decode(raw[HEAD:], name)
+    except PayloadError:
+        return None
+
+
+# --- listing -----------------------------------------------------------------------------
+
+
+@dataclass
+class Listing:
+    """One pass over the directory: records, data files and temporary files, with stats."""
+
+    records: dict[str, os.stat_result]
+    data: dict[str, list[tuple[str, os.stat_result]]]
+    temps: list[tuple[str, os.stat_result]]
+
+
+def scan(directory: Path) -> Listing:
+    listing = Listing({}, {}, [])
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            try:
+                if match := RECORD.fullmatch(entry.name):
+                    listing.records[match.group(1)] = entry.stat(follow_symlinks=False)
+                elif match := DATA.fullmatch(entry.name):
+                    stat = entry.stat(follow_symlinks=False)
+                    listing.data.setdefault(match.group(1), []).append((entry.name, stat))
+                elif TEMP.fullmatch(entry.name):
+                    listing.temps.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:  # removed since it was listed
+                continue
+    return listing
+
+
+# --- signatures --------------------------------------------------------------------------
+#
+# Keyed BLAKE2b in BLAKE2's tree mode (depth 2, 4 MiB leaves) over a data file's bytes.
+# Hashing is the whole cost of signing a large value (a 50 MB array hashes slower than it
+# is read or written), so leaves are hashed in parallel: hashlib and `os.preadv` release
+# the GIL. The same MAC comes from the file (`file_mac`), from the bytes in memory that
+# were just written (`buffer_mac`), or while reading the file into its final place
+# (`read_mac`). Reads are positional: a file's offset stays where it was.
+
+Pieces = Callable[[int], Sequence[memoryview]]  # leaf index -> that leaf's bytes, in pieces
+
+
+def _node(secret: bytes, offset: int, depth: int, *, last: bool) -> hashlib.blake2b:
+    return hashlib.blake2b(
+        key=secret,
+        digest_size=MAC_SIZE,
+        fanout=0,  # unlimited: as many leaves as the file needs
+        depth=2,
+        leaf_size=LEAF,
+        inner_size=MAC_SIZE,
+        node_offset=offset,
+        node_depth=depth,
+        last_node=last,
+    )
+
+
+def _tree_mac(
+    size: int, secret: bytes, leaves_of: Callable[[], Pieces], *, background: bool = False
+) -> Callable[[], bytes]:
+    """Start hashing `size` bytes whose leaves `leaves_of()` hands out (one per thread);
+    returns the call that waits for the MAC. The calling thread hashes its share of the
+    leaves first, unless `background` (it has other work to do meanwhile)."""
+    leaves = max(1, -(-size // LEAF))
+    digests = [b""] * leaves
+    errors: list[BaseException] = []
+
+    def hash_leaves(first: int, stop: int) -> None:
+        try:
+            pieces = leaves_of()
+            for index in range(first, stop):
+                leaf = _node(secret, index, 0, last=index == leaves - 1)
+                for piece in pieces(index):
+                    leaf.update(piece)
+                digests[index] = leaf.digest()
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = min(leaves, WORKERS)
+    bounds = [leaves * n // workers for n in range(workers + 1)]
+    threads = [
+        threading.Thread(
+            target=hash_leaves, args=(bounds[n], bounds[n + 1]), name=THREAD_NAME, daemon=True
+        )
+        for n in range(0 if background else 1, workers)
+    ]
+    for thread in threads:
+        thread.start()
+    if not background:
+        hash_leaves(bounds[0], bounds[1])
+
+    def finish() -> bytes:
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        root = _node(secret, 0, 1, last=True)
+        for digest in digests:
+            root.update(digest)
+        return root.digest()
+
+    return finish
+
+
+def _slices(segments: Sequence[memoryview], start: int, stop: int) -> list[memoryview]:
+    """Views of the bytes [start, stop) of the concatenation of `segments`."""
+    views = []
+    base = 0
+    for segment in segments:
+        end = base + len(segment)
+        if end > start and base < stop:
+            views.append(segment[max(start, base) - base : min(stop, end) - base])
+        base = end
+    return views
+
+
+def fill(fd: int, views: Iterable[memoryview], offset: int) -> None:
+    """Read the file from `offset` into `views`, one after the other, completely."""
+    for view in views:
+        filled = 0
+        while filled < len(view):
+            count = _read_at(fd, view[filled:], offset + filled)
+            if not count:
+                raise PayloadError("data file is shorter than its record says")
+            filled += count
+        offset += len(view)
+
+
+def file_mac(fd: int, size: int, secret: bytes) -> bytes:
+    """The MAC of the first `size` bytes of the file open as `fd`."""
+
+    def leaves_of() -> Pieces:
+        buffer = memoryview(bytearray(min(LEAF, size) or 1))
+
+        def pieces(index: int) -> Sequence[memoryview]:
+            offset = index * LEAF
+            view = buffer[: min(LEAF, size - offset)]
+            fill(fd, (view,), offset)
+            return (view,)
+
+        return pieces
+
+    return _tree_mac(size, secret, leaves_of)()
+
+
+def buffer_mac(
+    segments: Sequence[memoryview], secret: bytes, *, background: bool = False
+) -> Callable[[], bytes]:
+    """Start taking the MAC of the concatenation of `segments` (bytes in memory); returns
+    the call that waits for it. With `background`, only other threads hash."""
+    size = sum(len(segment) for segment in segments)
+    return _tree_mac(
+        size,
+        secret,
+        lambda: lambda index: _slices(segments, index * LEAF, (index + 1) * LEAF),
+        background=background,
+    )
+
+
+def read_mac(fd: int, segments: Sequence[memoryview], secret: bytes) -> bytes:
+    """Read the file into `segments` (as many bytes as they hold) and return their MAC:
+    each thread reads its own leaves, then hashes them while they are in its cache."""
+    size = sum(len(segment) for segment in segments)
+
+    def pieces(index: int) -> Sequence[memoryview]:
+        views = _slices(segments, index * LEAF, (index + 1) * LEAF)
+        fill(fd, views, index * LEAF)
+        return views
+
+    return _tree_mac(size, secret, lambda: pieces)()
+
+
+if hasattr(os, "preadv"):
+
+    def _read_at(fd: int, view: memoryview, offset: int) -> int:
+        return os.preadv(fd, [view], offset)
+
+    WORKERS = max(1, min(4, os.cpu_count() or 1))
+else:  # Windows: no positional reads; one thread, moving the offset (callers seek back)
+
+    def _read_at(fd: int, view: memoryview, offset: int) -> int:
+        os.lseek(fd, offset, os.SEEK_SET)
+        data = os.read(fd, len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    WORKERS = 1
+
+
+# --- .npy data files ---------------------------------------------------------------------
+
+
+def npy_header(value: Any) -> bytes | None:
+    """The `.npy` header `value` is written with, when it is a plain NumPy array that the
+    format stores exactly and without pickle: an `numpy.ndarray` itself (no subclass), of a
+    dtype without objects, metadata or a user-defined type. None for anything else."""
+    numpy = sys.modules.get("numpy")  # not imported: `value` cannot be an array
+    if numpy is None or type(value) is not numpy.ndarray:
+        return None
+    from numpy.lib import format as npy
+
+    dtype = value.dtype
+    if dtype.hasobject or _has_metadata(dtype) or not getattr(type(dtype), "_legacy", False):
+        return None
+    fields = npy.header_data_from_array_1_0(value)
+    if npy.descr_to_dtype(fields["descr"]) != dtype:
+        return None  # the format would give back another dtype
+    for write_header in (npy.write_array_header_1_0, npy.write_array_header_2_0):
+        buffer = io.BytesIO()
+        try:
+            write_header(buffer, fields)
+        except ValueError:  # too long for version 1.0, or names not in latin-1
+            continue
+        return buffer.getvalue()
+    return None
+
+
+def _has_metadata(dtype: np.dtype[Any]) -> bool:
+    if dtype.metadata is not None:
+        return True
+    if dtype.fields is not None:
+        return any(_has_metadata(field[0]) for field in dtype.fields.values())
+    return dtype.subdtype is not None and _has_metadata(dtype.subdtype[0])
+
+
+def write_npy(path: Path, array: Any, header: bytes, secret: bytes | None) -> tuple[int, bytes]:
+    """Write `array` (with its `npy_header`) to `path`; returns the file's size and MAC.
+
+    When the array's bytes are one block, the MAC is taken from them in memory, in other
+    threads while this one writes the file; otherwise it is taken from the file.
+    """
+    from numpy.lib import format as npy
+
+    signing = None
+    if secret is not None and (array.flags.c_contiguous or array.flags.f_contiguous):
+        segments = (memoryview(header), _bytes_of(array))
+        signing = buffer_mac(segments, secret, background=True)
+    try:
+        with open(path, "wb") as handle:  # buffered: numpy writes the array with `tofile`
+            npy.write_array(handle, array, version=(header[6], header[7]), allow_pickle=False)
+            handle.flush()
+            size = handle.tell()
+    except BaseException as exc:
+        if signing is not None:
+            with contextlib.suppress(Exception):
+                signing()  # threads read the array: they are done before it is handed back
+        if isinstance(exc, OSError) or not isinstance(exc, Exception):
+            raise  # a full disk or an I/O error: the wrapper reports it, not a bad value
+        raise UnserializableError(f"numpy cannot write the array: {exc!r}") from exc
+    mac = b"" if signing is None else signing()
+    if secret is None or (signing is not None and size == len(header) + array.nbytes):
+        return size, mac
+    with open(path, "rb") as handle:
+        return size, file_mac(handle.fileno(), size, secret)
+
+
+def _bytes_of(array: Any) -> memoryview:
+    """The bytes of a contiguous array (C or Fortran order), as `.npy` stores them: in the
+    order they are in memory, without a copy."""
+    import numpy
+
+    if array.nbytes == 0:
+        return memoryview(b"")
+    return memoryview(array.ravel(order="K").view(numpy.uint8))
+
+
+def _parse_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    from numpy.lib import format as npy
+
+    stream = io.BytesIO(header)
+    try:
+        version = npy.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npy.read_array_header_1_0(stream, len(header))
+        elif version == (2, 0):
+            shape, fortran, dtype = npy.read_array_header_2_0(stream, len(header))
+        else:
+            raise ValueError(f"unexpected .npy version {version}")
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise PayloadError(f"entry record has a bad array header: {exc}") from exc
+    if stream.tell() != len(header) or dtype.hasobject:
+        raise PayloadError("entry record has a bad array header")
+    return shape, fortran, dtype
+
+
+def load_npy(
+    path: Path, meta: Meta, secret: bytes | None, mmap_mode: Literal["r", "r+", "c"] | None
+) -> Any:
+    """The array of an `.npy` entry whose record is verified. The file is read once, into
+    the array itself, and checked against the record's MAC before the array is returned;
+    with `mmap_mode` it is hashed, then the open (verified) file is mapped. Never pickle."""
+    try:
+        import numpy
+    except ImportError as exc:
+        raise PayloadError("an .npy entry cannot be read without numpy") from exc
+
+    shape, fortran, dtype = _parse_header(meta.header)
+    nbytes = dtype.itemsize * math.prod(shape)
+    if meta.size != len(meta.header) + nbytes:
+        raise PayloadError("entry record's size does not match its array header")
+    order: Literal["C", "F"] = "F" if fortran else "C"
+    with open(path, "r+b" if mmap_mode == "r+" else "rb", buffering=0) as handle:
+        fd = handle.fileno()
+        size = os.fstat(fd).st_size
+        if size != meta.size:
+            raise PayloadError(f"data file has {size} bytes, its record says {meta.size}")
+        head = memoryview(bytearray(len(meta.header)))
+        if mmap_mode is not None and nbytes:
+            if secret is not None:
+                check(file_mac(fd, size, secret), meta.mac)
+            fill(fd, (head,), 0)
+            _check_head(head, meta.header)
+            # The mapped file is the open one just verified, not whatever the path names now.
+            return numpy.memmap(
+                handle, dtype, mode=mmap_mode, offset=len(head), shape=shape, order=order
+            )
+        array = numpy.ndarray(shape, dtype, order=order)  # np.empty mishandles itemsize 0
+        segments = (head, _bytes_of(array))
+        if secret is not None:
+            check(read_mac(fd, segments, secret), meta.mac)
+        else:
+            fill(fd, segments, 0)
+        _check_head(head, meta.header)
+    return array
+
+
+def check(mac: bytes, expected: bytes) -> None:
+    if not hmac.compare_digest(mac, expected):
+        raise PayloadError("data file signature does not verify (tampered or damaged)")
+
+
+def _check_head(head: memoryview, header: bytes) -> None:
+    if head != header:
+        raise PayloadError("data file's array header is not the one of its record")
