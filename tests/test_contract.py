@@ -847,3 +847,52 @@ def test_degraded_backend_without_fallback_raises(
         square(3)
     with pytest.raises(OSError, match="No space left"):
         asyncio.run(asquare(3))
+
+
+# --- eviction order: every policy an engine serves, served as named ---------------------------
+
+
+def _present(engine: Any, keys: str) -> str:
+    # Read only at the end of a test: a read may count as a use for lru and lfu.
+    return "".join(k for k in keys if engine.get(k, MISS) is not MISS)
+
+
+def _fill(engine: Any, keys: str) -> None:
+    for key in keys:
+        engine.set(key, key)
+        time.sleep(0.002)  # distinct store and access times for engines that keep them on disk
+
+
+def test_lru_evicts_the_least_recently_used(engine_factory: Any) -> None:
+    engine = engine_factory(policy="lru", maxsize=3)
+    _fill(engine, "abc")
+    assert engine.get("a") == "a"  # b is now the least recently used
+    time.sleep(0.002)
+    engine.set("d", "d")
+    assert _present(engine, "abcd") == "acd"
+
+
+def test_fifo_evicts_the_oldest_insert_whatever_the_reads(engine_factory: Any) -> None:
+    engine = engine_factory(policy="fifo", maxsize=3)
+    _fill(engine, "abc")
+    for _ in range(3):
+        engine.get("a")
+    engine.set("d", "d")
+    assert _present(engine, "abcd") == "bcd"
+
+
+def test_lfu_evicts_the_least_frequently_used(engine_factory: Any) -> None:
+    engine = engine_factory(policy="lfu", maxsize=3)
+    _fill(engine, "abc")
+    for key in "aac":  # a read twice, c once, b never
+        engine.get(key)
+    engine.set("d", "d")
+    assert _present(engine, "abcd") == "acd"
+
+
+def test_rr_evicts_one_of_the_older_entries(engine_factory: Any) -> None:
+    engine = engine_factory(policy="rr", maxsize=3)
+    _fill(engine, "abcd")
+    kept = _present(engine, "abcd")
+    assert len(kept) == 3
+    assert "d" in kept

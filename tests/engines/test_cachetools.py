@@ -76,36 +76,6 @@ def test_ttl_policy_evicts_expired_entries_first() -> None:
     assert present(engine, "abcd") == "acd"
 
 
-def test_fifo_evicts_oldest_insert_whatever_the_reads() -> None:
-    engine = make(policy="fifo", maxsize=3)
-    for key in "abc":
-        engine.set(key, key)
-    engine.get("a")
-    engine.get("a")
-    engine.set("d", "d")
-    assert present(engine, "abcd") == "bcd"
-
-
-def test_lfu_evicts_least_frequently_used() -> None:
-    engine = make(policy="lfu", maxsize=3)
-    for key in "abc":
-        engine.set(key, key)
-    for key in "aac":
-        engine.get(key)
-    engine.set("d", "d")
-    assert present(engine, "abcd") == "acd"
-
-
-def test_rr_evicts_one_of_the_older_entries() -> None:
-    engine = make(policy="rr", maxsize=3)
-    for key in "abc":
-        engine.set(key, key)
-    engine.set("d", "d")
-    kept = present(engine, "abcd")
-    assert len(kept) == 3
-    assert "d" in kept
-
-
 @pytest.mark.parametrize("ttl", [None, 60])
 def test_unbounded(ttl: float | None) -> None:
     engine = make(maxsize=None, ttl=ttl)

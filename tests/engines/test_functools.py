@@ -76,16 +76,6 @@ def test_ttl_policy_evicts_like_lru() -> None:
     assert present(engine, "abcd") == "acd"
 
 
-def test_fifo_evicts_oldest_insert_whatever_the_reads() -> None:
-    engine = make(policy="fifo", maxsize=3)
-    for key in "abc":
-        engine.set(key, key)
-    engine.get("a")
-    engine.get("a")
-    engine.set("d", "d")
-    assert present(engine, "abcd") == "bcd"
-
-
 @pytest.mark.parametrize("ttl", [None, 60])
 def test_unbounded(ttl: float | None) -> None:
     engine = make(maxsize=None, ttl=ttl)
