@@ -220,6 +220,20 @@ def test_engine_without_expiry_refuses_ttl(engine_factory: EngineFactory) -> Non
         engine.set("k", 1, ttl=60)
 
 
+@pytest.mark.parametrize("options", [{}, {"policy": "fifo"}, {"maxsize": None}])
+def test_per_entry_ttl_on_an_instance_built_without_expiry_is_refused(
+    engine_factory: EngineFactory, options: dict[str, Any]
+) -> None:
+    engine = engine_factory(**options)
+    if engine.expires:
+        pytest.skip(f"{engine_factory.name} was built to expire entries with {options}")
+    with pytest.raises(ConfigurationError, match="without expiry"):
+        engine.set("k", 1, ttl=5)
+    assert engine.get("k", MISS) is MISS
+    engine.set("k", 1, ttl=None)  # no ttl asked: stored as usual
+    assert engine.get("k", MISS) == 1
+
+
 @pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "rr", "ttl"])
 def test_maxsize_bound_enforced(engine_factory: EngineFactory, policy: str) -> None:
     options: dict[str, Any] = {"maxsize": 5, "policy": policy}

@@ -139,15 +139,3 @@ def test_thread_safety_smoke(hammer: Callable[..., int]) -> None:
     engine = make(policy="lru", maxsize=16)
     hammer(engine, threads=8, seconds=0.3)
     assert len(engine) <= 16
-
-
-@pytest.mark.parametrize("options", [{}, {"policy": "fifo"}, {"maxsize": None}])
-def test_per_entry_ttl_on_an_engine_built_without_expiry_is_refused(
-    options: dict[str, Any],
-) -> None:
-    engine = make(**options)
-    with pytest.raises(ConfigurationError, match="without expiry"):
-        engine.set("k", 1, ttl=5)
-    assert engine.get("k", MISS) is MISS
-    engine.set("k", 1, ttl=None)  # no ttl asked: stored as usual
-    assert engine.get("k", MISS) == 1

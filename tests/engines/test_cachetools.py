@@ -169,15 +169,3 @@ def test_concurrent_per_entry_ttls_stay_with_their_entries() -> None:
     time.sleep(0.15)
     assert len(engine) == 4 * 200
     assert all(key[0] == "long" for key in engine._store)
-
-
-@pytest.mark.parametrize("options", [{}, {"policy": "fifo"}, {"maxsize": None}])
-def test_per_entry_ttl_on_an_engine_built_without_expiry_is_refused(
-    options: dict[str, Any],
-) -> None:
-    engine = make(**options)
-    with pytest.raises(ConfigurationError, match="without expiry"):
-        engine.set("k", 1, ttl=5)
-    assert engine.get("k", MISS) is MISS
-    engine.set("k", 1, ttl=None)  # no ttl asked: stored as usual
-    assert engine.get("k", MISS) == 1

@@ -161,15 +161,3 @@ def test_thread_safety_smoke(hammer: Callable[..., int], options: dict[str, Any]
     hammer(engine, threads=8, seconds=0.2)
     if engine.maxsize is not None:
         assert len(engine) <= 16
-
-
-@pytest.mark.parametrize("options", [{}, {"policy": "fifo"}, {"maxsize": None}])
-def test_per_entry_ttl_on_an_engine_built_without_expiry_is_refused(
-    options: dict[str, Any],
-) -> None:
-    engine = make(**options)
-    with pytest.raises(ConfigurationError, match="without expiry"):
-        engine.set("k", 1, ttl=5)
-    assert engine.get("k", MISS) is MISS
-    engine.set("k", 1, ttl=None)  # no ttl asked: stored as usual
-    assert engine.get("k", MISS) == 1
