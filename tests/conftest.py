@@ -13,6 +13,7 @@ that needs more than a `CacheConfig` to work gets it here:
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -178,3 +179,13 @@ def _hammer(engine: Any, *, threads: int = 8, seconds: float = 0.5, keys: int = 
 def hammer() -> Callable[..., int]:
     """`hammer(engine, threads=8, seconds=0.5, keys=64)`: a thread-safety smoke test."""
     return _hammer
+
+
+@pytest.fixture
+def umask022() -> Iterator[None]:
+    """Run the test under umask 022 (the common default), whatever the caller's umask."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)

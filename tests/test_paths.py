@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import platformdirs
@@ -52,15 +51,6 @@ def give_away(path: Path) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but cannot chown a directory to another user: run CI as root")
         pytest.skip("not root: cannot make a directory owned by another user")
-
-
-@pytest.fixture
-def umask022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 @pytest.fixture

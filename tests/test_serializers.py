@@ -20,7 +20,6 @@ import threading
 import time
 import types
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +69,6 @@ def _isolated_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     """No secret from the environment, and no secret remembered from another test."""
     monkeypatch.delenv("TWAT_CACHE_SECRET", raising=False)
     monkeypatch.setattr(serializers_module, "_SECRETS", {})
-
-
-@pytest.fixture
-def umask022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 @pytest.fixture
