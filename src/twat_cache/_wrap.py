@@ -26,7 +26,6 @@ from twat_cache.keys import (
     IDENTITY_CLASSES,
     make_normalizer,
     self_key,
-    stable_digest,
     stable_key_builder,
 )
 
@@ -273,7 +272,7 @@ def wrap(
     def userkey(*args: Any, **kwargs: Any) -> Any:
         key = user_key(*args, **kwargs)  # type: ignore[misc]  # checked not None above
         if stable:
-            return stable_digest(namespace_id, (key,))
+            return stable_key((key,), None)
         return key if type(key) in fast else norm(key)
 
     plan.namespace.update(

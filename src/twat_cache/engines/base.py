@@ -294,6 +294,16 @@ class PersistentEngine(BaseEngine):
         self.serializer = Serializer(self.config, secret)
         self._rejections = itertools.count(1)  # next() is atomic: one warning, however raced
 
+    @staticmethod
+    def key_text(key: Any) -> str:
+        """The str a disk engine stores `key` under: itself when it is a str (what the
+        wrapper passes), else a stable digest of it (a `CacheContext` user's own key)."""
+        if type(key) is str:
+            return key
+        from twat_cache.keys import stable_digest
+
+        return stable_digest("ctx", (key,))
+
     @property
     def maxsize(self) -> int | None:
         """The bound in force: entries (int) or bytes (`ByteSize`); unset, a byte limit."""

@@ -22,7 +22,6 @@ from twat_cache._report import warn
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
-from twat_cache.keys import stable_digest
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DiskCacheEngine"]
@@ -304,8 +303,7 @@ class DiskCacheEngine(PersistentEngine):
     # --- the store ----------------------------------------------------------------------
 
     def get(self, key: Any, default: Any = None) -> Any:
-        if type(key) is not str:
-            key = stable_digest("ctx", (key,))
+        key = self.key_text(key)
         payload = self._read(key, MISS)
         if payload is MISS:
             return default
@@ -366,8 +364,7 @@ class DiskCacheEngine(PersistentEngine):
 
     def _store(self, key: Any, value: Any, ttl: float | None) -> None:
         payload = self._dumps(value)  # UnserializableError: nothing has touched the disk
-        if type(key) is not str:
-            key = stable_digest("ctx", (key,))
+        key = self.key_text(key)
         if self._count_limit == 0:
             return
         try:
@@ -413,8 +410,7 @@ class DiskCacheEngine(PersistentEngine):
         return self._connection().execute(statement, parameters).fetchall()
 
     def delete(self, key: Any) -> bool:
-        if type(key) is not str:
-            key = stable_digest("ctx", (key,))
+        key = self.key_text(key)
         return bool(self._cache.delete(key))
 
     def clear(self) -> None:

@@ -21,7 +21,6 @@ from twat_cache.config import CacheConfig
 from twat_cache.engines import _joblib_files as files
 from twat_cache.engines._joblib_files import HEAD, MAC_SIZE, MAGIC, Listing, Meta
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
-from twat_cache.keys import stable_digest
 from twat_cache.paths import atomic_write, cache_root
 from twat_cache.serializers import PayloadError, UnserializableError, get_secret, sign, verify
 
@@ -92,7 +91,7 @@ class JoblibEngine(PersistentEngine):
     # --- reading ------------------------------------------------------------------------
 
     def get(self, key: Any, default: Any = None) -> Any:
-        text = self._text(key)
+        text = self.key_text(key)
         name = files.name_of(text)
         record = self.directory / f"{name}.sig"
         raw = files.read(record)
@@ -126,7 +125,7 @@ class JoblibEngine(PersistentEngine):
     def exists(self, key: Any) -> bool:
         """Whether a live entry is stored (its record verifies and its data file is there);
         the value is not loaded."""
-        text = self._text(key)
+        text = self.key_text(key)
         name = files.name_of(text)
         raw = files.read(self.directory / f"{name}.sig")
         if raw is None:
@@ -184,7 +183,7 @@ class JoblibEngine(PersistentEngine):
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         ttl = self._check_ttl(ttl)
-        text = self._text(key)
+        text = self.key_text(key)
         name = files.name_of(text)
         # A plain array is written as `.npy` (no pickle at all); compressed, or anything
         # else, goes through joblib.
@@ -251,7 +250,7 @@ class JoblibEngine(PersistentEngine):
     # --- removing -----------------------------------------------------------------------
 
     def delete(self, key: Any) -> bool:
-        name = files.name_of(self._text(key))
+        name = files.name_of(self.key_text(key))
         raw = self._claim(name)
         if raw is None:
             return False
@@ -304,9 +303,6 @@ class JoblibEngine(PersistentEngine):
         """Nothing is held open between operations."""
 
     # --- bounds -------------------------------------------------------------------------
-
-    def _text(self, key: Any) -> str:
-        return key if isinstance(key, str) else stable_digest("twat_cache.joblib", (key,))
 
     def _after_write(self, name: str, added: int, grown: int) -> None:
         with self._lock:

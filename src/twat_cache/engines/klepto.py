@@ -61,13 +61,9 @@ class KleptoEngine(PersistentEngine):
 
             logger.debug("klepto: the sweep at open failed: {!r}", exc)
 
-    @staticmethod
-    def _name(key: Any) -> tuple[str, bytes]:
-        if not isinstance(key, str):
-            from twat_cache.keys import stable_digest
-
-            key = stable_digest("ctx", (key,))
-        raw = key.encode("utf-8", "surrogatepass")
+    @classmethod
+    def _name(cls, key: Any) -> tuple[str, bytes]:
+        raw = cls.key_text(key).encode("utf-8", "surrogatepass")
         return hashlib.blake2b(raw, digest_size=20).hexdigest(), raw
 
     def get(self, key: Any, default: Any = None) -> Any:
