@@ -63,6 +63,8 @@ class Capabilities:
     policies: frozenset[str] = frozenset({"lru"})
     #: Entries can expire (a `ttl`), including per-entry ttl in `set(key, value, ttl)`.
     ttl: bool = False
+    #: The policies served together with a ttl; None means all of `policies`.
+    ttl_policies: frozenset[str] | None = None
     #: Entries survive the process.
     persistent: bool = False
     #: Entries are visible to other processes (so keys must be stable digests).
@@ -161,6 +163,10 @@ class BaseEngine:
             return f"{cls.name} has no {config.policy!r} policy"
         if config.ttl is not None and not cls.capabilities.ttl:
             return f"{cls.name} cannot expire entries (ttl)"
+        with_ttl = cls.capabilities.ttl_policies
+        if config.ttl is not None and with_ttl is not None and config.policy not in with_ttl:
+            served = " or ".join(repr(p) for p in sorted(with_ttl))
+            return f"{cls.name} has no {config.policy!r} policy with expiry (only {served})"
         if config.size_in_bytes and not cls.capabilities.byte_limits:
             return f"{cls.name} counts entries, so maxsize must be an int, not {config.maxsize}"
         return None

@@ -27,13 +27,7 @@ class CacheboxEngine(BaseEngine):
     """Memory engine on cachebox's thread-safe Rust caches: the fastest hit of the chain."""
 
     name = "cachebox"
-    capabilities = Capabilities(policies=ALL_POLICIES, ttl=True)
-
-    @classmethod
-    def unsupported(cls, config: CacheConfig) -> str | None:
-        if config.ttl is not None and config.policy != "ttl":
-            return f"cachebox has no {config.policy!r} policy with expiry (only 'ttl')"
-        return super().unsupported(config)
+    capabilities = Capabilities(policies=ALL_POLICIES, ttl=True, ttl_policies=frozenset({"ttl"}))
 
     def __init__(self, config: CacheConfig | None = None) -> None:
         super().__init__(config)

@@ -32,13 +32,9 @@ class CachetoolsEngine(BaseEngine):
     """
 
     name = "cachetools"
-    capabilities = Capabilities(policies=ALL_POLICIES, ttl=True)
-
-    @classmethod
-    def unsupported(cls, config: CacheConfig) -> str | None:
-        if config.ttl is not None and config.policy not in ("ttl", "lru"):
-            return f"cachetools has no {config.policy!r} policy with expiry (only 'ttl' or 'lru')"
-        return super().unsupported(config)
+    capabilities = Capabilities(
+        policies=ALL_POLICIES, ttl=True, ttl_policies=frozenset({"ttl", "lru"})
+    )
 
     def __init__(self, config: CacheConfig | None = None) -> None:
         super().__init__(config)

@@ -24,13 +24,9 @@ class FunctoolsEngine(BaseEngine):
     """
 
     name = "functools"
-    capabilities = Capabilities(policies=frozenset({"lru", "fifo", "ttl"}), ttl=True)
-
-    @classmethod
-    def unsupported(cls, config: CacheConfig) -> str | None:
-        if config.ttl is not None and config.policy not in ("ttl", "lru"):
-            return f"functools has no {config.policy!r} policy with expiry (only 'ttl' or 'lru')"
-        return super().unsupported(config)
+    capabilities = Capabilities(
+        policies=frozenset({"lru", "fifo", "ttl"}), ttl=True, ttl_policies=frozenset({"ttl", "lru"})
+    )
 
     def __init__(self, config: CacheConfig | None = None) -> None:
         super().__init__(config)
