@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 from twat_cache.__about__ import __version__
+from twat_cache._bypass import disabled
 from twat_cache._types import CachedFunction, CacheInfo
 from twat_cache.config import CacheConfig, create_cache_config
-from twat_cache.decorators import acache, bcache, fcache, mcache
+from twat_cache.decorators import acache, bcache, fcache, mcache, ucache
 from twat_cache.engines.base import MISS
 from twat_cache.exceptions import CacheError, ConfigurationError
 from twat_cache.registry import clear_cache, get_stats, list_caches
@@ -30,8 +31,10 @@ __all__ = [
     "bcache",
     "clear_cache",
     "create_cache_config",
+    "disabled",
     "fcache",
     "get_stats",
     "list_caches",
     "mcache",
+    "ucache",
 ]

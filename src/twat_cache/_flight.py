@@ -7,6 +7,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twat_cache._bypass import bypassed
 from twat_cache._report import FaultReporter
 from twat_cache.engines.base import MISS, capabilities_of, put_of
 from twat_cache.exceptions import KeyBuildError
@@ -123,12 +124,16 @@ class CallState:
         self._fault("write", exc)
 
     def _store(self, key: Any, value: Any) -> None:
+        if bypassed():
+            return
         try:
             self.put(key, value)
         except Exception as exc:  # the value is still returned: nothing computed is lost
             self._fault("write", exc)
 
     async def _aread(self, key: Any) -> Any:
+        if bypassed():
+            return MISS
         try:
             return await self._aget(key, MISS)
         except Exception as exc:
@@ -136,6 +141,8 @@ class CallState:
             return MISS
 
     async def _astore(self, key: Any, value: Any) -> None:
+        if bypassed():
+            return
         try:
             await self._aset(key, value)
         except Exception as exc:
@@ -205,6 +212,8 @@ class CallState:
             return outcome.value
 
     def _reread_or_compute(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if bypassed():
+            return self._compute(key, args, kwargs)
         try:
             value = self.engine.get(key, MISS)
         except Exception as exc:
@@ -284,6 +293,32 @@ class CallState:
             return value
         finally:
             del self.aflights[slot]
+
+    # --- refresh ----------------------------------------------------------------------
+
+    def refresh(
+        self, key_of: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Compute the entry for these arguments again and store it (`f.cache_refresh`).
+        If the function raises, the stored entry is kept and the exception propagates."""
+        try:
+            key = key_of(*args, **kwargs)
+        except Exception as exc:
+            self._fault("build a key", exc)
+            self.misses += 1
+            return self.func(*args, **kwargs)
+        return self._compute(key, args, kwargs)
+
+    async def arefresh(
+        self, key_of: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            key = key_of(*args, **kwargs)
+        except Exception as exc:
+            self._fault("build a key", exc)
+            self.misses += 1
+            return await self.func(*args, **kwargs)
+        return await self._acompute(key, args, kwargs)
 
     # --- bookkeeping ------------------------------------------------------------------
 

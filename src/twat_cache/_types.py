@@ -41,7 +41,17 @@ class CacheInfo(NamedTuple):
 
 class CachedFunction(Protocol, Generic[P, R]):
     """What a type checker sees of a decorated function: its own parameters and return
-    type, plus the cache attributes."""
+    type, plus the cache attributes.
+
+    >>> from twat_cache import mcache
+    >>> @mcache
+    ... def greet(name: str) -> str:
+    ...     return "hello " + name
+    >>> greet("ada"), greet.cache_refresh("ada"), greet.cache_info().misses
+    ('hello ada', 'hello ada', 2)
+    >>> greet.cache_delete("ada"), greet.cache_delete("ada")
+    (True, False)
+    """
 
     __wrapped__: Callable[P, R]
     cache_engine: Any
@@ -54,6 +64,7 @@ class CachedFunction(Protocol, Generic[P, R]):
     def cache_delete(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     async def acache_delete(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+    def cache_refresh(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
     def cache_parameters(self) -> dict[str, Any]: ...
 
     # A cached method read from an instance binds it, as a function does: the type

@@ -15,6 +15,7 @@ from _thread import get_ident
 from collections.abc import Callable
 from typing import Any
 
+from twat_cache._bypass import track
 from twat_cache._flight import CallState, in_thread
 from twat_cache._report import WRAPPER_FILENAME_PREFIX
 from twat_cache._types import CacheInfo
@@ -330,7 +331,8 @@ def wrap(
     exec(compile(source, filename, "exec"), scope)  # source built above from parameter names only
     wrapper, key_of, counts = scope["__twat_factory"]()
     functools.update_wrapper(wrapper, func)
-    _attach(wrapper, key_of, counts, state, engine, config, name)
+    _attach(wrapper, key_of, counts, state, engine, config, name, is_async)
+    track(wrapper)
     return wrapper
 
 
@@ -354,6 +356,7 @@ def _attach(
     engine: Any,
     config: CacheConfig,
     name: str,
+    is_async: bool,
 ) -> None:
     async_engine = capabilities_of(engine).async_native
     # A user engine may not declare a bound: then cache_info reports None, as unbounded.
@@ -388,6 +391,13 @@ def _attach(
         key = key_of(*args, **kwargs)
         return bool(await engine.adelete(key) if async_engine else engine.delete(key))
 
+    def cache_refresh(*args: Any, **kwargs: Any) -> Any:
+        """Call the function again with these arguments and store the new result (for an
+        async function: a coroutine to await)."""
+        if is_async:
+            return state.arefresh(key_of, args, kwargs)
+        return state.refresh(key_of, args, kwargs)
+
     def cache_parameters() -> dict[str, Any]:
         """The resolved configuration, plus the engine serving it and the registry name."""
         return {
@@ -403,6 +413,7 @@ def _attach(
     wrapper.cache_delete = cache_delete
     wrapper.acache_delete = acache_delete
     wrapper.cache_key = key_of
+    wrapper.cache_refresh = cache_refresh
     wrapper.cache_parameters = cache_parameters
     wrapper.cache_engine = engine
     wrapper.cache_name = name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal, TypedDict, overload
@@ -20,22 +21,30 @@ from twat_cache._types import (
 )
 from twat_cache._wrap import wrap
 from twat_cache.config import CacheConfig
-from twat_cache.engines.manager import get_manager
+from twat_cache.engines.manager import CHAINS, get_manager
 from twat_cache.exceptions import ConfigurationError
 from twat_cache.paths import default_folder
 
-__all__ = ["CacheOptions", "CommonOptions", "acache", "bcache", "fcache", "mcache"]
+__all__ = [
+    "CacheOptions",
+    "CommonOptions",
+    "UniversalOptions",
+    "acache",
+    "bcache",
+    "fcache",
+    "mcache",
+    "ucache",
+]
 
 _UNSET: Any = object()
 
 
-class CommonOptions(TypedDict, total=False):
-    """Keyword options of every decorator besides the ones `bcache`/`fcache` also take
-    positionally (folder_name, maxsize, ttl, policy)."""
+class UniversalOptions(TypedDict, total=False):
+    """Keyword options of `ucache` besides the ones it also takes positionally (folder_name,
+    maxsize, ttl, policy, preferred_engine)."""
 
     config: CacheConfig
     cache_engine: str | None
-    preferred_engine: str | None
     key: Callable[..., Any] | None
     ignore: str | tuple[str, ...] | list[str]
     typed: bool
@@ -50,6 +59,13 @@ class CommonOptions(TypedDict, total=False):
     version: str | int | None
     use_sql: bool
     mmap_mode: Literal["r", "r+", "c"] | None
+
+
+class CommonOptions(UniversalOptions, total=False):
+    """Keyword options of every decorator besides the ones `bcache`/`fcache` also take
+    positionally (folder_name, maxsize, ttl, policy)."""
+
+    preferred_engine: str | None
 
 
 class CacheOptions(CommonOptions, total=False):
@@ -71,7 +87,46 @@ def resolve_config(options: dict[str, Any]) -> CacheConfig:
     return base.merged(**options) if options else base
 
 
-def _apply(kind: str, decorator: str, func: Any, config: CacheConfig) -> Any:
+#: Return annotations that mark a function's results as large objects (the file chain).
+_LARGE_RESULT = re.compile(r"\b(ndarray|NDArray|DataFrame|Series|Tensor|bytes|bytearray)\b")
+
+#: The chain an engine named by the user belongs to when `ucache` picks a chain for it.
+_HOME_KIND = {name: kind for kind in ("file", "disk", "redis") for name in CHAINS[kind][:2]}
+
+
+def _large_results(func: Any) -> bool:
+    annotation = getattr(func, "__annotations__", {}).get("return")
+    if annotation is None:
+        return False
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    return bool(_LARGE_RESULT.search(text or repr(annotation)))
+
+
+def universal_kind(config: CacheConfig, func: Any, is_async: bool) -> str:
+    """The chain `ucache` (and `CacheContext`) uses for `config` (see docs/selection.md).
+
+    An engine name wins: an alias is its own chain, a library name is tried first in the
+    chain it belongs to. Then a URL means a remote cache; `mmap_mode`, or `compress` with a
+    large return type (arrays, data frames, bytes), the file chain; a `folder_name`,
+    `use_sql` or `compress` the disk chain; an `async def` the async chain; else memory.
+    """
+    in_process = "async" if is_async else "memory"
+    engine = config.cache_engine
+    if engine is not None:
+        if engine in CHAINS:
+            return engine
+        home = _HOME_KIND.get(engine, in_process)
+        return in_process if home == "redis" and config.url is None else home
+    if config.url is not None:
+        return "redis"
+    if config.mmap_mode is not None or (config.compress and _large_results(func)):
+        return "file"
+    if config.folder_name is not None or config.use_sql or config.compress:
+        return "disk"
+    return in_process
+
+
+def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> Any:
     if isinstance(func, staticmethod | classmethod):
         return type(func)(_apply(kind, decorator, func.__func__, config))
     if not callable(func):
@@ -90,6 +145,20 @@ def _apply(kind: str, decorator: str, func: Any, config: CacheConfig) -> Any:
             f"@{decorator} caches async def functions; {func.__qualname__} is not one "
             "(use @mcache for a sync function)"
         )
+    if kind is None:
+        kind = universal_kind(config, func, is_async)
+    elif config.url is not None and kind != "async":
+        raise ConfigurationError(
+            f"@{decorator} does not use url=: it is a local cache; use @ucache(url=...) "
+            "for a cache shared through a server"
+        )
+    elif config.url is not None and config.cache_engine is None:
+        kind = "redis"
+    chain = config.cache_engine if config.cache_engine in CHAINS else kind
+    if chain == "disk" and "policy" not in config.model_fields_set and config.ttl is None:
+        # diskcache's LRU writes the access time on every hit (a write transaction per
+        # read, measured ~10x slower); eviction by storage time keeps hits read-only.
+        config = config.merged(policy="fifo")
     module = getattr(func, "__module__", None) or "__main__"
     qualname = getattr(func, "__qualname__", None) or repr(func)
     if config.folder_name is None:
@@ -98,7 +167,7 @@ def _apply(kind: str, decorator: str, func: Any, config: CacheConfig) -> Any:
         config = config.merged(folder_name=default_folder(module, qualname))
     name = registry.reserve(config.name or f"{module}.{qualname}")
     try:
-        engine = get_manager().select(kind, config)
+        engine = get_manager().select(kind, config, is_async=is_async)
         wrapper = wrap(func, engine, config, name=name, is_async=is_async)
     except BaseException:
         registry.release(name)
@@ -107,7 +176,7 @@ def _apply(kind: str, decorator: str, func: Any, config: CacheConfig) -> Any:
     return wrapper
 
 
-def _decorator(kind: str, decorator: str, func: Any, options: dict[str, Any]) -> Any:
+def _decorator(kind: str | None, decorator: str, func: Any, options: dict[str, Any]) -> Any:
     config = resolve_config(options)  # validated here, at decoration time, never per call
     get_manager().check_name(config.cache_engine)
     if func is None:
@@ -163,7 +232,7 @@ def acache(func: Any = None, /, **options: Any) -> Any:
 
 
 def _persistent(
-    kind: str,
+    kind: str | None,
     decorator: str,
     folder_name: Any,
     positional: dict[str, Any],
@@ -212,10 +281,6 @@ def bcache(
     >>> area(3, 4), area(3, 4), area.cache_info().hits
     (12, 12, 1)
     """
-    if policy is _UNSET and ttl is None and "policy" not in options and "config" not in options:
-        # diskcache's LRU writes the access time on every hit (a write transaction per
-        # read, measured ~10x slower); eviction by storage time keeps hits read-only.
-        policy = "fifo"
     positional = {"maxsize": maxsize, "ttl": ttl, "policy": policy}
     return _persistent("disk", "bcache", folder_name, positional, options)
 
@@ -250,3 +315,61 @@ def fcache(
     ([0, 1, 2], [0, 1, 2], 1)
     """
     return _persistent("file", "fcache", folder_name, {"maxsize": maxsize, "ttl": ttl}, options)
+
+
+@overload
+def ucache(folder_name: staticmethod[P, R], /) -> CachedStaticMethod[P, R]: ...  # type: ignore[overload-overlap]  # the precise overload for a staticmethod
+@overload
+def ucache(folder_name: classmethod[Any, P, R], /) -> CachedClassMethod[P, R]: ...
+@overload
+def ucache(folder_name: Callable[P, R], /) -> CachedFunction[P, R]: ...
+@overload
+def ucache(
+    folder_name: str | None = None,
+    maxsize: int | str | None = None,
+    ttl: float | timedelta | str | None = None,
+    policy: Literal["lru", "lfu", "fifo", "rr", "ttl"] = "lru",
+    preferred_engine: str | None = None,
+    **options: Unpack[UniversalOptions],
+) -> CacheDecorator: ...
+def ucache(
+    folder_name: Any = None,
+    maxsize: Any = None,
+    ttl: Any = None,
+    policy: Any = _UNSET,
+    preferred_engine: Any = None,
+    **options: Any,
+) -> Any:
+    """Cache a function on the engine its options call for (the table in
+    docs/selection.md): a named engine; a URL → a server; `folder_name`/`use_sql` → disk;
+    `mmap_mode`, or `compress` with an array/data-frame/bytes return type → files; an
+    `async def` → the async chain; otherwise memory, exactly as `@mcache` would.
+
+    `maxsize=None` means "not given": the chosen engine's default bound (use
+    ``config=CacheConfig(maxsize=None)`` for an unbounded memory cache). Unless `policy`
+    or a ttl is given, memory caches evict least recently used entries and disk caches the
+    oldest stored, as `@mcache` and `@bcache` do.
+
+    >>> from twat_cache import ucache
+    >>> @ucache
+    ... def square(x: int) -> int:
+    ...     return x * x
+    >>> @ucache(folder_name="doc_ucache")
+    ... def cube(x: int) -> int:
+    ...     return x**3
+    >>> square(3), cube(2), cube(2), cube.cache_info().hits
+    (9, 8, 8, 1)
+    >>> square.cache_engine.name in {"cachebox", "cachetools", "functools"}
+    True
+    >>> cube.cache_engine.name
+    'diskcache'
+    """
+    if preferred_engine is not None:
+        if options.get("cache_engine", preferred_engine) != preferred_engine:
+            raise ConfigurationError(
+                f"preferred_engine={preferred_engine!r} and cache_engine="
+                f"{options['cache_engine']!r} disagree: give one of them"
+            )
+        options["cache_engine"] = preferred_engine
+    positional = {"maxsize": maxsize, "ttl": ttl, "policy": policy}
+    return _persistent(None, "ucache", folder_name, positional, options)

@@ -73,6 +73,10 @@ class Capabilities:
     thread_safe: bool = True
     #: Implements `aget`/`aset`/...; the async wrapper awaits those instead of `get`/`set`.
     async_native: bool = False
+    #: Its synchronous `get`/`set` can serve a sync function. False for async-only engines
+    #: (their sync `len`/`clear`/`delete` still serve bookkeeping such as `cache_info`):
+    #: the manager then selects them for `async def` functions only.
+    sync_api: bool = True
     #: Values are serialized (so they must be picklable or JSON-able).
     needs_serialization: bool = False
     #: `maxsize` may be a byte size ("500MB").

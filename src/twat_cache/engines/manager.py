@@ -25,7 +25,8 @@ CHAINS: Mapping[str, tuple[str, ...]] = {
     "async": _MEMORY,
     "disk": ("diskcache", "klepto", *_MEMORY),
     "file": ("joblib", "klepto", *_MEMORY),
-    "redis": ("redis",),
+    # A URL: the Redis engine, else aiocache's remote caches (async functions only).
+    "redis": ("redis", "aiocache"),
 }
 
 _PERSISTENT_KINDS = frozenset({"disk", "file"})
@@ -40,6 +41,7 @@ _BUILTIN: dict[str, str] = {
     "diskcache": "twat_cache.engines.diskcache:DiskCacheEngine",
     "joblib": "twat_cache.engines.joblib:JoblibEngine",
     "klepto": "twat_cache.engines.klepto:KleptoEngine",
+    "aiocache": "twat_cache.engines.aiocache:AioCacheEngine",
 }
 
 
@@ -142,13 +144,15 @@ class CacheEngineManager:
 
     # --- selection --------------------------------------------------------------------
 
-    def select(self, kind: str, config: CacheConfig) -> Any:
+    def select(self, kind: str, config: CacheConfig, *, is_async: bool = False) -> Any:
         """Build the engine serving `config` for a kind of cache ('memory', 'async'...).
 
         `config.cache_engine` names an engine (tried first) or an alias (its chain replaces
         the kind's). An unknown name raises `ConfigurationError`; a known engine that is
-        unavailable falls back along the chain with one warning.
+        unavailable falls back along the chain with one warning. Async-only engines serve
+        only when `is_async` (the cached function is an `async def`).
         """
+        is_async = is_async or kind == "async"
         self.check_name(config.cache_engine)
         preferred = config.cache_engine
         if config.maxsize == 0:
@@ -165,7 +169,7 @@ class CacheEngineManager:
             names = (preferred, *(n for n in self.chain(kind) if n != preferred))
         reasons: dict[str, str] = {}
         for name in names:
-            engine, reason = self._try_build(name, config)
+            engine, reason = self._try_build(name, config, is_async=is_async)
             if engine is None:
                 reasons[name] = reason or "unavailable"
                 logger.debug("engine {} skipped: {}", name, reason)
@@ -191,11 +195,15 @@ class CacheEngineManager:
         if name is not None and name not in CHAINS and name not in self._specs:
             raise ConfigurationError(self._unknown(name))
 
-    def _try_build(self, name: str, config: CacheConfig) -> tuple[Any, str | None]:
+    def _try_build(
+        self, name: str, config: CacheConfig, *, is_async: bool = True
+    ) -> tuple[Any, str | None]:
         try:
             cls = self.load(name)
         except EngineUnavailableError as exc:
             return None, f"not importable ({exc})"
+        if not is_async and not capabilities_of(cls).sync_api:
+            return None, "async only: it serves async def functions"
         unsupported = getattr(cls, "unsupported", None)
         reason = unsupported(config) if callable(unsupported) else None
         if reason:
