@@ -14,6 +14,7 @@ from twat_cache.__about__ import __version__
 from twat_cache._bypass import disabled
 from twat_cache._types import CachedFunction, CacheInfo
 from twat_cache.config import CacheConfig, create_cache_config
+from twat_cache.context import CacheContext, engine_context
 from twat_cache.decorators import acache, bcache, fcache, mcache, ucache
 from twat_cache.engines.base import MISS
 from twat_cache.exceptions import CacheError, ConfigurationError
@@ -22,6 +23,7 @@ from twat_cache.registry import clear_cache, get_stats, list_caches
 __all__ = [
     "MISS",
     "CacheConfig",
+    "CacheContext",
     "CacheError",
     "CacheInfo",
     "CachedFunction",
@@ -32,6 +34,7 @@ __all__ = [
     "clear_cache",
     "create_cache_config",
     "disabled",
+    "engine_context",
     "fcache",
     "get_stats",
     "list_caches",

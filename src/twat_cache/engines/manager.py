@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import threading
 from collections.abc import Mapping
 from typing import Any, cast
@@ -209,7 +210,7 @@ class CacheEngineManager:
         if reason:
             return None, reason
         try:
-            return cls(config), None
+            return _build(cls, config), None
         except Exception as exc:
             return None, f"could not be built: {type(exc).__name__}: {exc}"
 
@@ -227,6 +228,20 @@ def get_manager() -> CacheEngineManager:
     if _MANAGER is None:
         _MANAGER = CacheEngineManager()
     return _MANAGER
+
+
+def _build(cls: type[Any], config: CacheConfig) -> Any:
+    """An instance of `cls`: built as ``cls(config)``, or ``cls()`` when its constructor
+    takes no positional argument (a user engine that needs no configuration)."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: the documented form
+        return cls(config)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    takes_config = any(
+        p.kind in positional or p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+    )
+    return cls(config) if takes_config else cls()
 
 
 def is_engine_class(cls: object) -> bool:
