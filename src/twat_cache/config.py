@@ -14,12 +14,17 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 __all__ = [
+    "DEFAULT_COOLDOWN",
+    "DEFAULT_L1_TTL",
+    "DEFAULT_LEASE",
     "DEFAULT_MAXSIZE",
+    "DEFAULT_TIMEOUT",
     "CacheConfig",
     "Policy",
     "create_cache_config",
@@ -28,6 +33,15 @@ __all__ = [
 ]
 
 Policy = Literal["lru", "lfu", "fifo", "rr", "ttl"]
+
+#: Seconds one operation on a cache server may take (connecting included).
+DEFAULT_TIMEOUT = 0.25
+#: Seconds a failing cache server is skipped before it is tried again.
+DEFAULT_COOLDOWN = 5.0
+#: Seconds a cross-process computation lease lasts.
+DEFAULT_LEASE = 10.0
+#: Seconds an entry of the in-process tier lives when l1_ttl is not given.
+DEFAULT_L1_TTL = 5.0
 
 #: Entries kept by a memory engine when `maxsize` is not given (lru_cache keeps 128;
 #: a cache meant to be reached for first should hold a realistic working set).
@@ -49,7 +63,7 @@ _SIZE_UNITS = {
 }
 
 
-def parse_ttl(value: object) -> float | None:
+def parse_ttl(value: object, what: str = "ttl") -> float | None:
     """Seconds from an int/float, a `timedelta` or a string such as ``"90s"`` or ``"1h30m"``.
 
     >>> parse_ttl("1h30m"), parse_ttl(timedelta(minutes=2)), parse_ttl(None)
@@ -58,7 +72,7 @@ def parse_ttl(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ValueError("ttl must be a number of seconds, a timedelta or a string like '90s'")
+        raise ValueError(f"{what} must be a number of seconds, a timedelta or a string like '90s'")
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float):
@@ -71,16 +85,16 @@ def parse_ttl(value: object) -> float | None:
             parts = _TTL_PART.findall(text)
             if not parts or "".join(n + u for n, u in parts) != text:
                 raise ValueError(
-                    f"ttl {value!r} is not a duration: use seconds or units ms/s/m/h/d/w "
+                    f"{what} {value!r} is not a duration: use seconds or units ms/s/m/h/d/w "
                     "such as '90s', '1h30m' or '2d'"
                 ) from None
             seconds = sum(float(n) * _TTL_UNITS[u] for n, u in parts)
     else:
         raise ValueError(
-            f"ttl must be seconds, a timedelta or a string, not {type(value).__name__}"
+            f"{what} must be seconds, a timedelta or a string, not {type(value).__name__}"
         )
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"ttl must be a finite number of seconds greater than 0, got {value!r}")
+        raise ValueError(f"{what} must be a finite number of seconds greater than 0, got {value!r}")
     return seconds
 
 
@@ -166,16 +180,58 @@ class CacheConfig(BaseModel):
     mmap_mode: Literal["r", "r+", "c"] | None = Field(
         default=None, description="joblib: load NumPy arrays memory-mapped in this mode."
     )
+    timeout: float = Field(
+        default=DEFAULT_TIMEOUT,
+        description="Seconds one operation on a cache server (Redis) may take, connecting "
+        "included; a slower or failed operation is a cache fault and the function is called.",
+    )
+    cooldown: float = Field(
+        default=DEFAULT_COOLDOWN,
+        description="Seconds a cache server is skipped after repeated failures (the circuit "
+        "breaker), before it is tried again.",
+    )
+    lease: float = Field(
+        default=DEFAULT_LEASE,
+        description="Seconds a cross-process computation lease lasts (lock=True on a shared "
+        "engine): other processes wait for its result at most that long.",
+    )
+    l1_maxsize: int | None = Field(
+        default=None,
+        description="Entries of an in-process memory tier in front of a persistent or remote "
+        "engine; None = no tier (unless l1_ttl is given).",
+    )
+    l1_ttl: float | None = Field(
+        default=None,
+        description="Seconds an entry stays in the memory tier: how stale another process's "
+        "update can look here. Default 5s when the tier is on.",
+    )
 
     @field_validator("maxsize", mode="plain")
     @classmethod
     def _check_maxsize(cls, value: object) -> int | None:
         return parse_size(value)
 
-    @field_validator("ttl", mode="plain")
+    @field_validator("ttl", "l1_ttl", mode="plain")
     @classmethod
-    def _check_ttl(cls, value: object) -> float | None:
-        return parse_ttl(value)
+    def _check_ttl(cls, value: object, info: ValidationInfo) -> float | None:
+        return parse_ttl(value, info.field_name or "ttl")
+
+    @field_validator("timeout", "cooldown", "lease", mode="plain")
+    @classmethod
+    def _check_seconds(cls, value: object, info: ValidationInfo) -> float:
+        seconds = parse_ttl(value, info.field_name or "duration")
+        if seconds is None:
+            raise ValueError("must be a duration greater than 0, not None")
+        return seconds
+
+    @field_validator("l1_maxsize", mode="plain")
+    @classmethod
+    def _check_l1_maxsize(cls, value: object) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"l1_maxsize must be a number of entries >= 1, not {value!r}")
+        return value
 
     @field_validator("compress", mode="before")
     @classmethod
@@ -238,6 +294,10 @@ class CacheConfig(BaseModel):
             # A ttl without an explicit policy asks for expiry-driven eviction; an explicit
             # policy together with a ttl must be served exactly (e.g. LRU with expiry).
             object.__setattr__(self, "policy", "ttl")
+        if self.l1_ttl is not None and self.l1_maxsize is None:
+            object.__setattr__(self, "l1_maxsize", DEFAULT_MAXSIZE)
+        if self.l1_maxsize is not None and self.l1_ttl is None:
+            object.__setattr__(self, "l1_ttl", DEFAULT_L1_TTL)
         if len(set(self.ignore)) != len(self.ignore):
             raise ConfigurationError(f"ignore lists a parameter twice: {self.ignore}")
         return self

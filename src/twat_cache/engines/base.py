@@ -21,6 +21,7 @@ __all__ = [
     "Capabilities",
     "NullEngine",
     "PersistentEngine",
+    "SerializingEngine",
     "capabilities_of",
     "engine_name",
     "persistent_capabilities",
@@ -275,11 +276,58 @@ def persistent_capabilities(policies: frozenset[str]) -> Capabilities:
     )
 
 
-class PersistentEngine(BaseEngine):
+class SerializingEngine(BaseEngine):
+    """Plumbing for engines that store payloads outside the process (on disk, on a server):
+    the serializer (signed payloads by default), keys as text, and the handling of a
+    payload that fails verification (a miss, removed, logged as a security warning)."""
+
+    def __init__(self, config: CacheConfig | None = None) -> None:
+        super().__init__(config)
+        # Imported here: memory engines and `import twat_cache` need none of this.
+        from twat_cache.paths import cache_root
+        from twat_cache.serializers import Serializer, get_secret
+
+        secret = get_secret(cache_root()) if self.config.secure else None
+        self.serializer = Serializer(self.config, secret)
+        self._rejections = itertools.count(1)  # next() is atomic: one warning, however raced
+
+    @property
+    def location(self) -> str:
+        """Where the entries are, for messages."""
+        return repr(self)
+
+    @staticmethod
+    def key_text(key: Any) -> str:
+        """The str an engine stores `key` under: itself when it is a str (what the wrapper
+        passes), else a stable digest of it (a `CacheContext` user's own key)."""
+        if type(key) is str:
+            return key
+        from twat_cache.keys import stable_digest
+
+        return stable_digest("ctx", (key,))
+
+    def rejected(self, key: Any, exc: Exception) -> None:
+        """A stored payload failed verification or decoding: drop it and log a security
+        warning (the first one of this engine also as a Python warning)."""
+        from twat_cache._report import warn
+        from twat_cache.logging import logger
+
+        logger.warning("security: {} dropped an entry that failed verification: {}", self.name, exc)
+        if next(self._rejections) == 1:
+            warn(
+                f"twat_cache security: the {self.name} cache in {self.location} held an entry "
+                f"that failed verification ({exc}); it was dropped and will be recomputed",
+                SecurityWarning,
+            )
+        try:
+            self.delete(key)
+        except Exception as delete_error:  # the entry is a miss either way
+            logger.warning("could not drop the rejected entry: {!r}", delete_error)
+
+
+class PersistentEngine(SerializingEngine):
     """Plumbing for engines that store on disk: their private directory under the cache
-    root, the serializer (signed payloads by default), the default size bound, and the
-    handling of a payload that fails verification (a miss, removed, logged as a security
-    warning)."""
+    root and the default size bound, on top of `SerializingEngine`."""
 
     #: Bytes kept when `maxsize` is not given: no persistent cache grows without bound.
     DEFAULT_SIZE_LIMIT: ClassVar[int] = 2**30
@@ -291,28 +339,17 @@ class PersistentEngine(BaseEngine):
         return super().unsupported(config)
 
     def __init__(self, config: CacheConfig | None = None) -> None:
-        super().__init__(config)
-        # Imported here: memory engines and `import twat_cache` need none of this.
-        from twat_cache.paths import cache_dir, cache_root
-        from twat_cache.serializers import Serializer, get_secret
+        from twat_cache.paths import cache_dir
 
-        folder = self.config.folder_name
+        folder = (config if config is not None else CacheConfig()).folder_name
         if folder is None:
             raise ConfigurationError(f"the {self.name} engine needs a folder_name")
         self.directory = cache_dir(folder)
-        secret = get_secret(cache_root()) if self.config.secure else None
-        self.serializer = Serializer(self.config, secret)
-        self._rejections = itertools.count(1)  # next() is atomic: one warning, however raced
+        super().__init__(config)
 
-    @staticmethod
-    def key_text(key: Any) -> str:
-        """The str a disk engine stores `key` under: itself when it is a str (what the
-        wrapper passes), else a stable digest of it (a `CacheContext` user's own key)."""
-        if type(key) is str:
-            return key
-        from twat_cache.keys import stable_digest
-
-        return stable_digest("ctx", (key,))
+    @property
+    def location(self) -> str:
+        return str(self.directory)
 
     @property
     def maxsize(self) -> int | None:
@@ -322,21 +359,3 @@ class PersistentEngine(BaseEngine):
         from pydantic import ByteSize
 
         return ByteSize(self.DEFAULT_SIZE_LIMIT)
-
-    def rejected(self, key: Any, exc: Exception) -> None:
-        """A stored payload failed verification or decoding: drop it and log a security
-        warning (the first one of this engine also as a Python warning)."""
-        from twat_cache._report import warn
-        from twat_cache.logging import logger
-
-        logger.warning("security: {} dropped an entry that failed verification: {}", self.name, exc)
-        if next(self._rejections) == 1:
-            warn(
-                f"twat_cache security: the {self.name} cache in {self.directory} held an entry "
-                f"that failed verification ({exc}); it was dropped and will be recomputed",
-                SecurityWarning,
-            )
-        try:
-            self.delete(key)
-        except Exception as delete_error:  # the entry is a miss either way
-            logger.warning("could not drop the rejected entry: {!r}", delete_error)
