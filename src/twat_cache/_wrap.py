@@ -21,7 +21,7 @@ from twat_cache._report import WRAPPER_FILENAME_PREFIX
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import MISS, Capabilities, capabilities_of, engine_name, put_of
-from twat_cache.exceptions import ConfigurationError
+from twat_cache.exceptions import ConfigurationError, EngineError
 from twat_cache.keys import (
     FAST_TYPES,
     IDENTITY_CLASSES,
@@ -365,7 +365,11 @@ def _attach(
     def cache_info() -> CacheInfo:
         """Hits, misses, maxsize and current size, like functools' `cache_info()`."""
         hits, misses = counts(False)
-        return CacheInfo(hits + state.shared_hits, misses + state.misses, maxsize, len(engine))
+        try:
+            size = len(engine)
+        except EngineError:  # a cache server that cannot be reached: the size is unknown
+            size = -1
+        return CacheInfo(hits + state.shared_hits, misses + state.misses, maxsize, size)
 
     def cache_clear() -> None:
         """Remove every entry of this cache and reset its statistics."""

@@ -11,6 +11,7 @@ __all__ = [
     "EngineUnavailableError",
     "KeyBuildError",
     "SecurityWarning",
+    "ServerUnavailableError",
 ]
 
 
@@ -28,6 +29,11 @@ class EngineError(CacheError):
 
 class EngineUnavailableError(EngineError):
     """An engine's library is missing or the engine could not be built."""
+
+
+class ServerUnavailableError(EngineError):
+    """A cache server refused the connection, did not answer within the operation timeout,
+    or is being skipped by the circuit breaker after repeated failures."""
 
 
 class KeyBuildError(CacheError, TypeError):

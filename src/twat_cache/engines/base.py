@@ -82,6 +82,11 @@ class Capabilities:
     needs_serialization: bool = False
     #: `maxsize` may be a byte size ("500MB").
     byte_limits: bool = False
+    #: Implements `lease(key, seconds) -> token | None` and `release(key, token)` (and
+    #: `alease`/`arelease` when async-native): a computation lease visible to every
+    #: process, so that with `lock=True` one process computes a cold key and the others
+    #: wait for its result.
+    leases: bool = False
     #: Reads and writes block on I/O: async wrappers run them in a worker thread so the
     #: event loop is never blocked by a large value.
     blocking: bool = False

@@ -43,6 +43,7 @@ _BUILTIN: dict[str, str] = {
     "joblib": "twat_cache.engines.joblib:JoblibEngine",
     "klepto": "twat_cache.engines.klepto:KleptoEngine",
     "aiocache": "twat_cache.engines.aiocache:AioCacheEngine",
+    "redis": "twat_cache.engines.redis:RedisEngine",
 }
 
 

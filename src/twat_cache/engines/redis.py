@@ -1,0 +1,472 @@
+"""RedisEngine: caches shared by processes and machines on a Redis (or Valkey) server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from twat_cache.config import CacheConfig
+from twat_cache.engines.base import Capabilities, SerializingEngine
+from twat_cache.exceptions import ConfigurationError, ServerUnavailableError
+from twat_cache.logging import logger
+from twat_cache.serializers import PayloadError
+
+__all__ = ["DEFAULT_REMOTE_MAXSIZE", "URL_ENV", "RedisEngine"]
+
+#: The environment variable giving the server when a cache has no `url`.
+URL_ENV = "TWAT_CACHE_REDIS_URL"
+#: Entries one cache keeps on the server when `maxsize` is not given. A server is shared
+#: and usually sized for many caches, so the default is larger than in-process memory's.
+DEFAULT_REMOTE_MAXSIZE = 100_000
+#: Consecutive failed operations after which the circuit breaker skips the server.
+FAILURES_TO_OPEN = 3
+_SCAN_BATCH = 500
+_SCHEMES = ("redis://", "rediss://", "unix://")
+_GLOB = re.compile(r"([*?\[\]\\])")
+_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+
+# Writing an entry and keeping the cache's index (a sorted set of its keys) in one atomic
+# step. The index bounds one cache on a shared server, which the server's own eviction
+# (maxmemory, across every key) cannot do: past `limit` entries, those with the lowest
+# score leave. The score is the store time (fifo, lru: hits move it too) or the hit count
+# (lfu). A new key makes room before it is added, so it is never its own victim.
+_STORE = """
+local limit = tonumber(ARGV[3])
+if limit > 0 and not redis.call('ZSCORE', KEYS[2], KEYS[1]) then
+  local excess = redis.call('ZCARD', KEYS[2]) - limit + 1
+  if excess > 0 then
+    local old = redis.call('ZPOPMIN', KEYS[2], excess)
+    for i = 1, #old, 2 do redis.call('UNLINK', old[i]) end
+  end
+end
+local px = tonumber(ARGV[2])
+if px > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+if limit > 0 then
+  if ARGV[4] == 'lfu' then
+    redis.call('ZINCRBY', KEYS[2], 1, KEYS[1])
+  else
+    local now = redis.call('TIME')
+    redis.call('ZADD', KEYS[2], now[1] * 1000000 + now[2], KEYS[1])
+  end
+end
+return 1
+"""
+
+# A hit under lru or lfu also updates the key's score: one round trip, one script.
+_TOUCH = """
+local value = redis.call('GET', KEYS[1])
+if value and redis.call('ZSCORE', KEYS[2], KEYS[1]) then
+  if ARGV[1] == 'lfu' then
+    redis.call('ZINCRBY', KEYS[2], 1, KEYS[1])
+  else
+    local now = redis.call('TIME')
+    redis.call('ZADD', KEYS[2], now[1] * 1000000 + now[2], KEYS[1])
+  end
+end
+return value
+"""
+
+# A lease is released only by its owner: a holder that outlived its lease must not
+# release the lease another process took since.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class _Breaker:
+    """The circuit breaker of one server, shared by every cache of the process on it:
+    after `FAILURES_TO_OPEN` consecutive failures the server is skipped for `cooldown`
+    seconds (each call fails at once), then one call at a time probes it again."""
+
+    __slots__ = ("cooldown", "failures", "lock", "open_until", "server")
+
+    def __init__(self, server: str, cooldown: float) -> None:
+        self.server = server
+        self.cooldown = cooldown
+        self.failures = 0
+        self.open_until = 0.0
+        self.lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise `ServerUnavailableError` while the breaker is open."""
+        until = self.open_until
+        if until:
+            now = time.monotonic()
+            if now < until:
+                raise ServerUnavailableError(
+                    f"{self.server} is skipped for {until - now:.1f}s more after "
+                    f"{self.failures} failed operations"
+                )
+            with self.lock:  # half-open: let one call probe, keep the others out
+                if self.open_until == until:
+                    self.open_until = now + self.cooldown
+
+    def failed(self, exc: BaseException) -> ServerUnavailableError:
+        with self.lock:
+            self.failures += 1
+            opens = self.failures >= FAILURES_TO_OPEN
+            if opens:
+                self.open_until = time.monotonic() + self.cooldown
+        if opens:
+            logger.warning(
+                "redis {} failed {} times ({!r}): skipped for {}s",
+                self.server,
+                self.failures,
+                exc,
+                self.cooldown,
+            )
+        return ServerUnavailableError(f"{self.server}: {type(exc).__name__}: {exc}")
+
+    def succeeded(self) -> None:
+        with self.lock:
+            if self.open_until:
+                logger.info("redis {} answers again: caching resumes", self.server)
+            self.failures = 0
+            self.open_until = 0.0
+
+
+_BREAKERS: dict[str, _Breaker] = {}
+_BREAKERS_LOCK = threading.Lock()
+
+
+def _breaker(server: str, cooldown: float) -> _Breaker:
+    with _BREAKERS_LOCK:
+        breaker = _BREAKERS.get(server)
+        if breaker is None:
+            breaker = _BREAKERS[server] = _Breaker(server, cooldown)
+        return breaker
+
+
+def _server(url: str) -> str:
+    """The URL without credentials, for messages and the breaker registry."""
+    return re.sub(r"//[^@/]*@", "//", url.split("?", 1)[0])
+
+
+def _url_of(config: CacheConfig) -> str | None:
+    return config.url or os.environ.get(URL_ENV) or None
+
+
+async def _closing(client: Any) -> AsyncIterator[None]:
+    # An async generator first iterated in a loop is closed by the loop's
+    # `shutdown_asyncgens()` (asyncio.run calls it): the client's connections are then
+    # closed inside their own loop, before it closes.
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+class RedisEngine(SerializingEngine):
+    """Entries on a Redis server, shared by every process and machine using it.
+
+    Keys are ``twat_cache:{<name>}:<version>:<key>`` (the braces keep one cache on one
+    Redis Cluster slot); values are signed payloads; `clear()` and `len()` touch only this
+    cache's keys (SCAN, never FLUSHDB or KEYS). Every operation is bounded by
+    `config.timeout`; a failure raises `ServerUnavailableError` (the wrapper then calls
+    the function), and repeated failures open a circuit breaker for `config.cooldown`.
+    """
+
+    name: ClassVar[str] = "redis"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        policies=frozenset({"lru", "lfu", "fifo", "ttl"}),
+        ttl=True,
+        persistent=True,
+        shared=True,
+        thread_safe=True,
+        async_native=True,
+        needs_serialization=True,
+        leases=True,
+    )
+
+    @classmethod
+    def unsupported(cls, config: CacheConfig) -> str | None:
+        url = _url_of(config)
+        if url is None:
+            return f"redis needs url='redis://host:port/db' (or ${URL_ENV})"
+        if not url.startswith(_SCHEMES):
+            return f"redis serves {', '.join(_SCHEMES)} URLs, not {_server(url)}"
+        if config.folder_name is None and config.name is None:
+            return "redis needs a folder_name or name to keep this cache's keys apart"
+        return super().unsupported(config)
+
+    def __init__(self, config: CacheConfig | None = None) -> None:
+        super().__init__(config)
+        config = self.config
+        url = _url_of(config)
+        if url is None:
+            raise ConfigurationError(f"the redis engine needs a url or ${URL_ENV}")
+        self.url = url
+        self.server = _server(url)
+        cache = config.name or config.folder_name
+        version = config.version if config.version is not None else 0
+        self._prefix = f"twat_cache:{{{cache}}}:{version}:"
+        # Every version's entries (clear), this version's (len); the index and the leases
+        # are named apart from both, so that neither pattern counts them.
+        self._all = _GLOB.sub(r"\\\1", f"twat_cache:{{{cache}}}:") + "*"
+        self._live = _GLOB.sub(r"\\\1", self._prefix) + "*"
+        self._index = f"twat_cache:{{{cache}}}#index"
+        self._leases = f"twat_cache:{{{cache}}}#lease:{version}:"
+        self._limit = self.maxsize or 0
+        self._policy = config.policy
+        self._touch = config.policy in ("lru", "lfu")
+        self._breaker = _breaker(self.server, config.cooldown)
+        self._options: dict[str, Any] = {
+            "socket_timeout": config.timeout,
+            "socket_connect_timeout": config.timeout,
+        }
+        self._client: Any = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._options)
+        self._scripts = {
+            name: self._client.register_script(source)
+            for name, source in (("store", _STORE), ("touch", _TOUCH), ("release", _RELEASE))
+        }
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loops_lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        return f"{self.server} ({self._prefix}*)"
+
+    @property
+    def maxsize(self) -> int | None:
+        """Entries kept: the configured maxsize, else `DEFAULT_REMOTE_MAXSIZE`."""
+        config = self.config
+        return config.maxsize if config.maxsize_given else DEFAULT_REMOTE_MAXSIZE
+
+    @property
+    def expires(self) -> bool:
+        return True  # every Redis key can carry its own expiry (PX)
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        breaker = self._breaker
+        breaker.check()
+        try:
+            result = operation(*args, **kwargs)
+        except _DOWN as exc:
+            raise breaker.failed(exc) from exc
+        if breaker.failures:
+            breaker.succeeded()
+        return result
+
+    async def _acall(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        breaker = self._breaker
+        breaker.check()
+        try:
+            result = await operation(*args, **kwargs)
+        except _DOWN as exc:
+            raise breaker.failed(exc) from exc
+        if breaker.failures:
+            breaker.succeeded()
+        return result
+
+    async def _aclient(self) -> tuple[Any, dict[str, Any]]:
+        """This event loop's client and scripts: redis.asyncio connections belong to the
+        loop that opened them."""
+        loop = asyncio.get_running_loop()
+        entry = self._loops.get(loop)
+        if entry is None:
+            client = aredis.Redis.from_url(
+                self.url, retry=AsyncRetry(NoBackoff(), 0), **self._options
+            )
+            scripts = {
+                name: client.register_script(source)
+                for name, source in (("store", _STORE), ("touch", _TOUCH), ("release", _RELEASE))
+            }
+            closer = _closing(client)
+            await closer.__anext__()
+            entry = (client, scripts, closer)
+            with self._loops_lock:
+                self._loops[loop] = entry
+        return entry[0], entry[1]
+
+    def _full(self, key: Any) -> str:
+        return self._prefix + self.key_text(key)
+
+    def _decode(self, key: str, payload: bytes | None, default: Any) -> Any:
+        if payload is None:
+            return default
+        try:
+            return self.serializer.loads(payload)
+        except PayloadError as exc:
+            self.rejected(key, exc)
+            return default
+
+    def _ttl_ms(self, ttl: float | None) -> int:
+        seconds = self._check_ttl(ttl)
+        return max(1, int(seconds * 1000)) if seconds else 0
+
+    # --- sync -------------------------------------------------------------------------
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        full = self._full(key)
+        if self._touch:
+            payload = self._call(
+                self._scripts["touch"], keys=(full, self._index), args=(self._policy,)
+            )
+        else:
+            payload = self._call(self._client.get, full)
+        return self._decode(key, payload, default)
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        payload = self.serializer.dumps(value)
+        args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
+        self._call(self._scripts["store"], keys=(self._full(key), self._index), args=args)
+
+    def delete(self, key: Any) -> bool:
+        full = self._full(key)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.unlink(full)
+        pipe.zrem(self._index, full)
+        removed, _ = self._call(pipe.execute)
+        return bool(removed)
+
+    def exists(self, key: Any) -> bool:
+        return bool(self._call(self._client.exists, self._full(key)))
+
+    def clear(self) -> None:
+        """Remove this cache's keys (every version), in batches; other keys are untouched."""
+
+        def remove() -> None:
+            client = self._client
+            batch: list[Any] = []
+            for key in client.scan_iter(match=self._all, count=_SCAN_BATCH):
+                batch.append(key)
+                if len(batch) >= _SCAN_BATCH:
+                    client.unlink(*batch)
+                    batch.clear()
+            client.unlink(self._index, *batch)
+
+        self._call(remove)
+
+    def __len__(self) -> int:
+        scan = self._client.scan_iter
+        return int(self._call(lambda: sum(1 for _ in scan(match=self._live, count=_SCAN_BATCH))))
+
+    def lease(self, key: Any, seconds: float) -> str | None:
+        """Take the computation lease of `key` for `seconds`: a token, or None when another
+        process holds it."""
+        token = secrets.token_hex(16)
+        taken = self._call(
+            self._client.set, self._lease_key(key), token, nx=True, px=int(seconds * 1000)
+        )
+        return token if taken else None
+
+    def release(self, key: Any, token: str) -> None:
+        """Give back a lease taken with `lease` (only if it is still this token's)."""
+        self._call(self._scripts["release"], keys=(self._lease_key(key),), args=(token,))
+
+    def _lease_key(self, key: Any) -> str:
+        return self._leases + self.key_text(key)
+
+    def close(self) -> None:
+        self._client.close()
+        with self._loops_lock:
+            entries = list(self._loops.items())
+            self._loops.clear()
+        for loop, (client, _, _) in entries:
+            # A client can only be closed in its own loop: if that loop runs in another
+            # thread, ask it to; a loop already closed has closed it (see `_closing`).
+            if loop.is_running() and not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+
+    # --- async ------------------------------------------------------------------------
+
+    async def aget(self, key: Any, default: Any = None) -> Any:
+        client, scripts = await self._aclient()
+        full = self._full(key)
+        if self._touch:
+            payload = await self._acall(
+                scripts["touch"], keys=(full, self._index), args=(self._policy,)
+            )
+        else:
+            payload = await self._acall(client.get, full)
+        return self._decode(key, payload, default)
+
+    async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        _, scripts = await self._aclient()
+        payload = self.serializer.dumps(value)
+        args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
+        await self._acall(scripts["store"], keys=(self._full(key), self._index), args=args)
+
+    async def adelete(self, key: Any) -> bool:
+        client, _ = await self._aclient()
+        full = self._full(key)
+        pipe = client.pipeline(transaction=False)
+        pipe.unlink(full)
+        pipe.zrem(self._index, full)
+        removed, _ = await self._acall(pipe.execute)
+        return bool(removed)
+
+    async def aexists(self, key: Any) -> bool:
+        client, _ = await self._aclient()
+        return bool(await self._acall(client.exists, self._full(key)))
+
+    async def aclear(self) -> None:
+        client, _ = await self._aclient()
+
+        async def remove() -> None:
+            batch: list[Any] = []
+            async for key in client.scan_iter(match=self._all, count=_SCAN_BATCH):
+                batch.append(key)
+                if len(batch) >= _SCAN_BATCH:
+                    await client.unlink(*batch)
+                    batch.clear()
+            await client.unlink(self._index, *batch)
+
+        await self._acall(remove)
+
+    async def alen(self) -> int:
+        client, _ = await self._aclient()
+
+        async def count() -> int:
+            return sum([1 async for _ in client.scan_iter(match=self._live, count=_SCAN_BATCH)])
+
+        return int(await self._acall(count))
+
+    async def alease(self, key: Any, seconds: float) -> str | None:
+        client, _ = await self._aclient()
+        token = secrets.token_hex(16)
+        taken = await self._acall(
+            client.set, self._lease_key(key), token, nx=True, px=int(seconds * 1000)
+        )
+        return token if taken else None
+
+    async def arelease(self, key: Any, token: str) -> None:
+        _, scripts = await self._aclient()
+        await self._acall(scripts["release"], keys=(self._lease_key(key),), args=(token,))
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._loops_lock:
+            entry = self._loops.pop(loop, None)
+        if entry is not None:
+            await entry[2].aclose()  # runs `_closing`'s finally: the client closes
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisEngine {self.server} prefix={self._prefix!r} maxsize={self.maxsize}>"
