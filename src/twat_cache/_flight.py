@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,9 @@ from twat_cache.exceptions import KeyBuildError
 __all__ = ["CallState", "in_thread"]
 
 
-_INTERRUPTED: Any = object()  # an outcome's value when its leader was interrupted
+_INTERRUPTED: Any = object()
+_FIRST_PAUSE = 0.005  # seconds between reads while another process holds a lease, doubling
+_LAST_PAUSE = 0.1  # an outcome's value when its leader was interrupted
 
 
 class _Outcome:
@@ -55,12 +58,15 @@ class CallState:
 
     __slots__ = (
         "_aget",
+        "_alease",
+        "_arelease",
         "_aset",
         "aflights",
         "engine",
         "fallback",
         "flights",
         "func",
+        "lease",
         "lock",
         "misses",
         "put",
@@ -71,9 +77,17 @@ class CallState:
     )
 
     def __init__(
-        self, func: Callable[..., Any], engine: Any, *, name: str, lock: bool, fallback: bool
+        self,
+        func: Callable[..., Any],
+        engine: Any,
+        *,
+        name: str,
+        lock: bool,
+        fallback: bool,
+        lease: float | None = None,
     ) -> None:
         self.func = func
+        self.lease = lease  # seconds of the engine's cross-process lease; None: no leases
         self.engine = engine
         self.put = put_of(engine)
         self.lock = lock
@@ -95,6 +109,10 @@ class CallState:
         else:
             self._aget = _as_coroutine(engine.get)
             self._aset = _as_coroutine(put_of(engine))
+        if lease is not None:
+            native = capabilities.async_native
+            self._alease = engine.alease if native else in_thread(engine.lease)
+            self._arelease = engine.arelease if native else in_thread(engine.release)
 
     # --- faults -----------------------------------------------------------------------
 
@@ -230,6 +248,69 @@ class CallState:
         self._store(key, value)
         return value
 
+    # --- cross-process leases (engines with `capabilities.leases`) ----------------------
+    #
+    # The leader of this process takes the engine's lease on the key. Holding it, it
+    # computes and stores, then releases it. Without it, another process computes: wait for
+    # its value, polling with a growing pause, and take the lease when it is released or
+    # expires (a holder that crashed). If leasing itself fails, compute without it: a
+    # failing lock never fails the call.
+
+    def leased(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Compute `key` once across processes, or share the lease holder's result."""
+        engine = self.engine
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                token = engine.lease(key, self.lease)
+            except Exception as exc:
+                self._fault("take a lease", exc)
+                return self._compute(key, args, kwargs)
+            if token is not None:
+                try:
+                    return self._compute(key, args, kwargs)
+                finally:
+                    try:
+                        engine.release(key, token)
+                    except Exception as exc:  # the lease expires by itself
+                        self._fault("release a lease", exc)
+            time.sleep(pause)
+            pause = min(pause * 2, _LAST_PAUSE)
+            value = self._reread(key)
+            if value is not MISS:
+                self.shared_hits += 1
+                return value
+
+    async def _aleased(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                token = await self._alease(key, self.lease)
+            except Exception as exc:
+                self._fault("take a lease", exc)
+                return await self._acompute(key, args, kwargs)
+            if token is not None:
+                try:
+                    return await self._acompute(key, args, kwargs)
+                finally:
+                    try:
+                        await self._arelease(key, token)
+                    except Exception as exc:
+                        self._fault("release a lease", exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _LAST_PAUSE)
+            value = await self._aread(key)
+            if value is not MISS:
+                self.shared_hits += 1
+                return value
+
+    def _reread(self, key: Any) -> Any:
+        try:
+            return self.engine.get(key, MISS)
+        except Exception as exc:
+            self._fault("read", exc)
+            return MISS
+
     # --- async miss path --------------------------------------------------------------
 
     async def amiss(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -276,10 +357,12 @@ class CallState:
         future = flight.future
         try:
             value = await self._aread(key)
-            if value is MISS:
-                value = await self._acompute(key, args, kwargs)
-            else:
+            if value is not MISS:
                 self.shared_hits += 1
+            elif self.lease is not None:
+                value = await self._aleased(key, args, kwargs)
+            else:
+                value = await self._acompute(key, args, kwargs)
         except Exception as exc:
             future.set_exception(exc)
             future.exception()  # marks it retrieved: no "never retrieved" log without waiters

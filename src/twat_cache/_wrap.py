@@ -30,7 +30,7 @@ from twat_cache.keys import (
     stable_key_builder,
 )
 
-__all__ = ["wrap"]
+__all__ = ["wrap", "wrap_tiered"]
 
 _P = "__twat_"  # prefix of every name the generated code uses besides the parameters
 
@@ -55,6 +55,11 @@ try:
     __twat_put(__twat_k, __twat_v)
 except Exception as __twat_e:
     __twat_state.write_fault(__twat_e)"""
+
+# With an engine offering leases, the leader of this process also takes the engine's
+# computation lease, so that one process computes (out of line: it may wait for another).
+_COMPUTE_LEASED = """
+__twat_v = __twat_state.leased(__twat_k, {args}, {kwargs})"""
 
 _SYNC_MISS_LOCKED = """
     __twat_t = (__twat_ident(),)
@@ -252,7 +257,14 @@ def wrap(
     plan = _plan(func, config)
     capabilities = capabilities_of(engine)
     stable = capabilities.stable_keys
-    state = CallState(func, engine, name=name, lock=config.lock, fallback=config.fallback)
+    state = CallState(
+        func,
+        engine,
+        name=name,
+        lock=config.lock,
+        fallback=config.fallback,
+        lease=config.lease if config.lock and capabilities.leases else None,
+    )
     norm = make_normalizer(config.typed)
     fast = FAST_TYPES if config.typed else FAST_TYPES | {float, bool}
     kwignore = plan.namespace["__twat_kwignore"]
@@ -299,11 +311,16 @@ def wrap(
     kwargs = f"{{{', '.join(plan.kwargs)}}}"
     call = ", ".join(plan.call)
     compute_and_store = _COMPUTE_AND_STORE.format(call=call)
+    locked_compute = (
+        _COMPUTE_LEASED.format(args=args, kwargs=kwargs)
+        if state.lease is not None
+        else compute_and_store
+    )
     miss = (_SYNC_MISS_LOCKED if config.lock else _SYNC_MISS_UNLOCKED).format(
         args=args,
         kwargs=kwargs,
         compute_and_store_4=compute_and_store.replace("\n", "\n" + " " * 4),
-        compute_and_store_12=compute_and_store.replace("\n", "\n" + " " * 12),
+        compute_and_store_12=locked_compute.replace("\n", "\n" + " " * 12),
     )
     body = (_ASYNC_BODY if is_async else _SYNC_BODY).format(
         key=key,
@@ -421,3 +438,73 @@ def _attach(
     wrapper.cache_parameters = cache_parameters
     wrapper.cache_engine = engine
     wrapper.cache_name = name
+
+
+def wrap_tiered(
+    func: Callable[..., Any],
+    engine: Any,
+    l1_engine: Any,
+    config: CacheConfig,
+    *,
+    name: str,
+    is_async: bool,
+) -> Any:
+    """`func` cached in `engine` behind an in-process tier: the same wrapper twice. The outer
+    one (in-process keys, `l1_engine`) calls the inner one (`engine`) on a miss, so a tier
+    hit costs what an `@mcache` hit costs, and a miss reads the shared engine."""
+    inner = wrap(func, engine, config, name=name, is_async=is_async)
+    l1_config = CacheConfig(
+        maxsize=config.l1_maxsize,
+        ttl=config.l1_ttl,
+        key=config.key,
+        ignore=config.ignore,
+        typed=config.typed,
+        lock=config.lock,
+        fallback=config.fallback,
+    )
+    outer = wrap(inner, l1_engine, l1_config, name=name, is_async=is_async)
+    tier_info, tier_clear, tier_delete = outer.cache_info, outer.cache_clear, outer.cache_delete
+
+    def cache_info() -> CacheInfo:
+        """Hits of either tier, misses of the shared engine, and its bound and size."""
+        tier, shared = tier_info(), inner.cache_info()
+        return CacheInfo(tier.hits + shared.hits, shared.misses, shared.maxsize, shared.currsize)
+
+    def cache_clear() -> None:
+        """Clear this process's tier and the shared engine."""
+        tier_clear()
+        inner.cache_clear()
+
+    async def acache_clear() -> None:
+        tier_clear()
+        await inner.acache_clear()
+
+    def cache_delete(*args: Any, **kwargs: Any) -> bool:
+        """Delete the entry from this process's tier and from the shared engine."""
+        in_tier = tier_delete(*args, **kwargs)
+        return bool(inner.cache_delete(*args, **kwargs)) or in_tier
+
+    async def acache_delete(*args: Any, **kwargs: Any) -> bool:
+        in_tier = tier_delete(*args, **kwargs)
+        return bool(await inner.acache_delete(*args, **kwargs)) or in_tier
+
+    def cache_refresh(*args: Any, **kwargs: Any) -> Any:
+        """Recompute into the shared engine; this process's tier reads it on the next call."""
+        tier_delete(*args, **kwargs)
+        return inner.cache_refresh(*args, **kwargs)
+
+    def cache_parameters() -> dict[str, Any]:
+        return {**inner.cache_parameters(), "l1_engine": engine_name(l1_engine)}
+
+    outer.__wrapped__ = func
+    outer.cache_info = cache_info
+    outer.cache_clear = cache_clear
+    outer.acache_clear = acache_clear
+    outer.cache_delete = cache_delete
+    outer.acache_delete = acache_delete
+    outer.cache_refresh = cache_refresh
+    outer.cache_key = inner.cache_key
+    outer.cache_parameters = cache_parameters
+    outer.cache_engine = engine
+    outer.cache_l1_engine = l1_engine
+    return outer

@@ -19,8 +19,9 @@ from twat_cache._types import (
     P,
     R,
 )
-from twat_cache._wrap import wrap
+from twat_cache._wrap import wrap, wrap_tiered
 from twat_cache.config import CacheConfig
+from twat_cache.engines.base import capabilities_of, engine_name
 from twat_cache.engines.manager import CHAINS, get_manager
 from twat_cache.exceptions import ConfigurationError
 from twat_cache.paths import default_folder
@@ -168,12 +169,27 @@ def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> 
     name = registry.reserve(config.name or f"{module}.{qualname}")
     try:
         engine = get_manager().select(kind, config, is_async=is_async)
-        wrapper = wrap(func, engine, config, name=name, is_async=is_async)
+        if config.l1_maxsize is None:
+            wrapper = wrap(func, engine, config, name=name, is_async=is_async)
+        else:
+            wrapper = _tiered(func, engine, config, name, is_async)
     except BaseException:
         registry.release(name)
         raise
     registry.register(name, wrapper)
     return wrapper
+
+
+def _tiered(func: Any, engine: Any, config: CacheConfig, name: str, is_async: bool) -> Any:
+    capabilities = capabilities_of(engine)
+    if not (capabilities.persistent or capabilities.shared):
+        raise ConfigurationError(
+            f"l1_maxsize/l1_ttl put a memory tier in front of a persistent or remote cache; "
+            f"this one is already in memory ({engine_name(engine)})"
+        )
+    tier = CacheConfig(maxsize=config.l1_maxsize, ttl=config.l1_ttl)
+    l1_engine = get_manager().select("memory", tier)
+    return wrap_tiered(func, engine, l1_engine, config, name=name, is_async=is_async)
 
 
 def _decorator(kind: str | None, decorator: str, func: Any, options: dict[str, Any]) -> Any:
