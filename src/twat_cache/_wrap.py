@@ -30,7 +30,7 @@ from twat_cache.keys import (
     stable_key_builder,
 )
 
-__all__ = ["wrap", "wrap_tiered"]
+__all__ = ["tier_config", "wrap", "wrap_tiered"]
 
 _P = "__twat_"  # prefix of every name the generated code uses besides the parameters
 
@@ -440,6 +440,19 @@ def _attach(
     wrapper.cache_name = name
 
 
+def tier_config(config: CacheConfig) -> CacheConfig:
+    """The configuration of the in-process tier in front of a cache configured by `config`."""
+    return CacheConfig(
+        maxsize=config.l1_maxsize,
+        ttl=config.l1_ttl,
+        key=config.key,
+        ignore=config.ignore,
+        typed=config.typed,
+        lock=config.lock,
+        fallback=config.fallback,
+    )
+
+
 def wrap_tiered(
     func: Callable[..., Any],
     engine: Any,
@@ -453,16 +466,7 @@ def wrap_tiered(
     one (in-process keys, `l1_engine`) calls the inner one (`engine`) on a miss, so a tier
     hit costs what an `@mcache` hit costs, and a miss reads the shared engine."""
     inner = wrap(func, engine, config, name=name, is_async=is_async)
-    l1_config = CacheConfig(
-        maxsize=config.l1_maxsize,
-        ttl=config.l1_ttl,
-        key=config.key,
-        ignore=config.ignore,
-        typed=config.typed,
-        lock=config.lock,
-        fallback=config.fallback,
-    )
-    outer = wrap(inner, l1_engine, l1_config, name=name, is_async=is_async)
+    outer = wrap(inner, l1_engine, tier_config(config), name=name, is_async=is_async)
     tier_info, tier_clear, tier_delete = outer.cache_info, outer.cache_clear, outer.cache_delete
 
     def cache_info() -> CacheInfo:

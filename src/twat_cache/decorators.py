@@ -19,7 +19,7 @@ from twat_cache._types import (
     P,
     R,
 )
-from twat_cache._wrap import wrap, wrap_tiered
+from twat_cache._wrap import tier_config, wrap, wrap_tiered
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import capabilities_of, engine_name
 from twat_cache.engines.manager import CHAINS, get_manager
@@ -187,8 +187,7 @@ def _tiered(func: Any, engine: Any, config: CacheConfig, name: str, is_async: bo
             f"l1_maxsize/l1_ttl put a memory tier in front of a persistent or remote cache; "
             f"this one is already in memory ({engine_name(engine)})"
         )
-    tier = CacheConfig(maxsize=config.l1_maxsize, ttl=config.l1_ttl)
-    l1_engine = get_manager().select("memory", tier)
+    l1_engine = get_manager().select("memory", tier_config(config))
     return wrap_tiered(func, engine, l1_engine, config, name=name, is_async=is_async)
 
 
