@@ -9,7 +9,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DECORATORS = ("mcache", "acache", "bcache", "fcache", "ucache")
 ASYNC_NATIVE = {"acache"}
@@ -159,6 +162,94 @@ def render(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+# --- beyond the table: ucache's choices, CacheContext, disabled() and cache_refresh ---------
+
+
+def ucache_choices() -> list[tuple[str, str, str]]:
+    """(options, function, engine) for functions decorated with different ucache options."""
+    from twat_cache import ucache
+    from twat_cache.engines.manager import get_manager
+    from twat_cache.exceptions import CacheError
+
+    def plain(x: int) -> int:
+        return x + 1
+
+    async def fetch(x: int) -> int:
+        return x + 1
+
+    def report(x: int) -> dict[str, int]:
+        return {"x": x}
+
+    def embedding(n: int) -> np.ndarray:  # the annotation is a string: numpy is optional
+        import numpy
+
+        return numpy.arange(n, dtype="float64")
+
+    def parse(text: str) -> list[str]:
+        return text.split()
+
+    async def remote(x: int) -> int:
+        return x
+
+    cases: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
+        ("@ucache", plain, {}),
+        ("@ucache (async def)", fetch, {}),
+        ('@ucache(folder_name="demo_ucache_disk")', report, {"folder_name": "demo_ucache_disk"}),
+        ("@ucache(compress=True) -> np.ndarray", embedding, {"compress": True}),
+        ('@ucache(cache_engine="cachetools")', parse, {"cache_engine": "cachetools"}),
+    ]
+    try:
+        get_manager().load("aiocache")
+        cases.append(
+            ('@ucache(cache_engine="aiocache") (async def)', remote, {"cache_engine": "aiocache"})
+        )
+    except CacheError as exc:
+        print(f"(the aiocache engine does not import here: {exc})")
+    rows = []
+    for label, func, options in cases:
+        try:
+            cached = ucache(**options)(func)
+            rows.append((label, func.__name__, str(cached.cache_engine.name)))
+        except Exception as exc:  # one failing case must not hide the others
+            rows.append((label, func.__name__, f"FAILED: {type(exc).__name__}: {exc}"))
+    return rows
+
+
+def context_and_bypass() -> list[str]:
+    """Lines showing CacheContext across two blocks, disabled() and cache_refresh."""
+    from twat_cache import CacheContext, disabled, mcache
+
+    lines = []
+    stamp = time.strftime("%H:%M:%S")
+    with CacheContext(engine_name="diskcache", folder_name="demo_context", ttl=600) as cache:
+        cache.set("last_write", stamp)
+        lines.append(f"block 1 ({cache.name}): set('last_write', {stamp!r})")
+    with CacheContext(engine_name="diskcache", folder_name="demo_context") as cache:
+        lines.append(f"block 2 ({cache.name}): get('last_write') -> {cache.get('last_write')!r}")
+
+    calls: list[int] = []
+
+    @mcache(name="demo.bypass")
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    double(2)
+    double(2)
+    lines.append(f"double(2) twice: the body ran {len(calls)} time (the second call was a hit)")
+    with disabled():
+        double(2)
+    lines.append(f"double(2) inside `with disabled():` ran the body again ({len(calls)} runs)")
+    double.cache_refresh(2)
+    double(2)
+    info = double.cache_info()
+    lines.append(
+        f"double.cache_refresh(2) ran it and stored the result; double(2) then hit "
+        f"({len(calls)} runs; hits={info.hits}, misses={info.misses})"
+    )
+    return lines
+
+
 def main() -> int:
     # Persistent caches of the tour live where every twat-cache cache lives (the cache root:
     # TWAT_CACHE_DIR, else the platform's user cache dir), so a second run of the demo
@@ -207,7 +298,24 @@ def main() -> int:
     if failed:
         summary += f"; FAILED: {', '.join(r.label for r in failed)}"
     print(summary + ".")
-    return 1 if failed else 0
+
+    print("\nucache picks the engine from the options and the function:\n")
+    choices = ucache_choices()
+    width = max(len(label) for label, _, _ in choices)
+    for label, func_name, engine in choices:
+        print(f"  {label.ljust(width)}  {func_name}() -> {engine}")
+    broken = [label for label, _, engine in choices if engine.startswith("FAILED")]
+
+    print("\nCacheContext, disabled() and cache_refresh:\n")
+    try:
+        for text in context_and_bypass():
+            print(f"  {text}")
+    except Exception as exc:  # report, and fail the demo
+        print(f"  FAILED: {type(exc).__name__}: {exc}")
+        broken.append("CacheContext/disabled/cache_refresh")
+    if broken:
+        print(f"\nFAILED: {', '.join(broken)}")
+    return 1 if failed or broken else 0
 
 
 if __name__ == "__main__":

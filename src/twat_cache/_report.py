@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import warnings
@@ -17,8 +18,10 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 WRAPPER_FILENAME_PREFIX = "<twat_cache wrapper of "
 
 
-def _ours(filename: str) -> bool:
-    return filename.startswith((_PACKAGE_DIR, WRAPPER_FILENAME_PREFIX))
+#: Frames skipped when looking for the user's line: the package, its generated wrappers, and
+#: asyncio's event loop (a cached coroutine run by `asyncio.run(f(...))` has the loop as its
+#: caller: the user's line is the one that started the loop).
+_SKIPPED = (_PACKAGE_DIR, WRAPPER_FILENAME_PREFIX, str(Path(asyncio.__file__).resolve().parent))
 
 
 def _user_stacklevel() -> int:
@@ -26,7 +29,7 @@ def _user_stacklevel() -> int:
     # call), however deep inside the package or its generated wrappers it was raised.
     level = 1
     frame = sys._getframe(1)
-    while frame is not None and _ours(frame.f_code.co_filename):
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
         frame = frame.f_back  # type: ignore[assignment]  # None ends the loop
         level += 1
     return level

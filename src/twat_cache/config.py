@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_MAXSIZE",
     "DEFAULT_TIMEOUT",
+    "REDIS_URL_ENV",
     "CacheConfig",
     "Policy",
     "create_cache_config",
@@ -34,6 +35,8 @@ __all__ = [
 
 Policy = Literal["lru", "lfu", "fifo", "rr", "ttl"]
 
+#: The environment variable giving the cache server when a cache has no `url`.
+REDIS_URL_ENV = "TWAT_CACHE_REDIS_URL"
 #: Seconds one operation on a cache server may take (connecting included).
 DEFAULT_TIMEOUT = 0.25
 #: Seconds a failing cache server is skipped before it is tried again.

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from twat_cache.config import CacheConfig
-from twat_cache.decorators import resolve_config, universal_kind
+from twat_cache.decorators import check_server, resolve_config, universal_kind
 from twat_cache.engines.base import CacheEngineProtocol, capabilities_of
 from twat_cache.engines.manager import CHAINS, get_manager
 from twat_cache.exceptions import ConfigurationError, EngineUnavailableError
@@ -55,6 +55,7 @@ class CacheContext:
     def _select(self, is_async: bool) -> Any:
         config = self.config
         kind = universal_kind(config, None, is_async)
+        check_server(kind, config, repr(self))
         if kind in _PERSISTENT_KINDS and config.folder_name is None:
             raise ConfigurationError(
                 f"a {config.cache_engine or kind} CacheContext needs folder_name=: the folder "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,7 +21,7 @@ from twat_cache._types import (
     R,
 )
 from twat_cache._wrap import tier_config, wrap, wrap_tiered
-from twat_cache.config import CacheConfig
+from twat_cache.config import REDIS_URL_ENV, CacheConfig
 from twat_cache.engines.base import capabilities_of, engine_name
 from twat_cache.engines.manager import CHAINS, get_manager
 from twat_cache.exceptions import ConfigurationError
@@ -127,6 +128,15 @@ def universal_kind(config: CacheConfig, func: Any, is_async: bool) -> str:
     return in_process
 
 
+def check_server(chain: str | None, config: CacheConfig, user: str) -> None:
+    """A cache asking for the server chain must say which server: `url` or the variable."""
+    if chain == "redis" and config.url is None and not os.environ.get(REDIS_URL_ENV):
+        raise ConfigurationError(
+            f"{user} asks for a Redis cache but names no server: pass "
+            f"url='redis://host:port/db' or set ${REDIS_URL_ENV}"
+        )
+
+
 def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> Any:
     if isinstance(func, staticmethod | classmethod):
         return type(func)(_apply(kind, decorator, func.__func__, config))
@@ -156,6 +166,7 @@ def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> 
     elif config.url is not None and config.cache_engine is None:
         kind = "redis"
     chain = config.cache_engine if config.cache_engine in CHAINS else kind
+    check_server(chain, config, f"@{decorator}")
     if chain == "disk" and "policy" not in config.model_fields_set and config.ttl is None:
         # diskcache's LRU writes the access time on every hit (a write transaction per
         # read, measured ~10x slower); eviction by storage time keeps hits read-only.

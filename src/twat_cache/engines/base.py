@@ -26,6 +26,7 @@ __all__ = [
     "engine_name",
     "persistent_capabilities",
     "put_of",
+    "unsupported_by_capabilities",
 ]
 
 
@@ -118,6 +119,27 @@ def put_of(engine: object) -> Any:
     return getattr(engine, "put", None) or engine.set  # type: ignore[attr-defined]
 
 
+def unsupported_by_capabilities(engine: object, config: CacheConfig) -> str | None:
+    """Why an engine (class or instance) cannot serve `config` as its `capabilities`
+    declare them (policy, expiry, byte limits), or None when it can. A user engine that
+    declares no capabilities serves LRU without expiry, counting entries."""
+    name = getattr(engine, "name", None)
+    if not isinstance(name, str):
+        name = (engine if isinstance(engine, type) else type(engine)).__name__
+    capabilities = capabilities_of(engine)
+    if config.policy not in capabilities.policies:
+        return f"{name} has no {config.policy!r} policy"
+    if config.ttl is not None and not capabilities.ttl:
+        return f"{name} cannot expire entries (ttl)"
+    with_ttl = capabilities.ttl_policies
+    if config.ttl is not None and with_ttl is not None and config.policy not in with_ttl:
+        served = " or ".join(repr(p) for p in sorted(with_ttl))
+        return f"{name} has no {config.policy!r} policy with expiry (only {served})"
+    if config.size_in_bytes and not capabilities.byte_limits:
+        return f"{name} counts entries, so maxsize must be an int, not {config.maxsize}"
+    return None
+
+
 @runtime_checkable
 class CacheEngineProtocol(Protocol):
     """A synchronous key-value store the wrapper can cache into.
@@ -169,17 +191,7 @@ class BaseEngine:
     @classmethod
     def unsupported(cls, config: CacheConfig) -> str | None:
         """Why this engine cannot serve `config` exactly, or None when it can."""
-        if config.policy not in cls.capabilities.policies:
-            return f"{cls.name} has no {config.policy!r} policy"
-        if config.ttl is not None and not cls.capabilities.ttl:
-            return f"{cls.name} cannot expire entries (ttl)"
-        with_ttl = cls.capabilities.ttl_policies
-        if config.ttl is not None and with_ttl is not None and config.policy not in with_ttl:
-            served = " or ".join(repr(p) for p in sorted(with_ttl))
-            return f"{cls.name} has no {config.policy!r} policy with expiry (only {served})"
-        if config.size_in_bytes and not cls.capabilities.byte_limits:
-            return f"{cls.name} counts entries, so maxsize must be an int, not {config.maxsize}"
-        return None
+        return unsupported_by_capabilities(cls, config)
 
     @property
     def maxsize(self) -> int | None:

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
-from twat_cache.engines.base import NullEngine, capabilities_of
+from twat_cache.engines.base import NullEngine, capabilities_of, unsupported_by_capabilities
 from twat_cache.exceptions import ConfigurationError, EngineUnavailableError
 from twat_cache.logging import logger
 
@@ -207,7 +207,12 @@ class CacheEngineManager:
         if not is_async and not capabilities_of(cls).sync_api:
             return None, "async only: it serves async def functions"
         unsupported = getattr(cls, "unsupported", None)
-        reason = unsupported(config) if callable(unsupported) else None
+        # A user engine without its own check is held to the capabilities it declares.
+        reason = (
+            unsupported(config)
+            if callable(unsupported)
+            else unsupported_by_capabilities(cls, config)
+        )
         if reason:
             return None, reason
         try:

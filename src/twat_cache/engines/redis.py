@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from twat_cache.config import CacheConfig
+from twat_cache.config import REDIS_URL_ENV, CacheConfig
 from twat_cache.engines.base import Capabilities, SerializingEngine
 from twat_cache.exceptions import ConfigurationError, ServerUnavailableError
 from twat_cache.logging import logger
@@ -29,7 +29,7 @@ from twat_cache.serializers import PayloadError
 __all__ = ["DEFAULT_REMOTE_MAXSIZE", "URL_ENV", "RedisEngine"]
 
 #: The environment variable giving the server when a cache has no `url`.
-URL_ENV = "TWAT_CACHE_REDIS_URL"
+URL_ENV = REDIS_URL_ENV
 #: Entries one cache keeps on the server when `maxsize` is not given. A server is shared
 #: and usually sized for many caches, so the default is larger than in-process memory's.
 DEFAULT_REMOTE_MAXSIZE = 100_000
