@@ -8,11 +8,19 @@ that needs more than a `CacheConfig` to work gets it here:
   (a test's own options win), e.g. ``{"diskcache": {"folder_name": "contract"}}``;
 - `ENGINE_SETUP[name]`: a function of the pytest `request` returning more such options,
   run once per test, e.g. to start a server and return its URL:
-  ``{"redis": lambda request: {"url": request.getfixturevalue("redis_url")}}``.
+  ``{"redis": lambda request: {"url": request.getfixturevalue("redis_url")}}``;
+- `ENGINE_VARIANTS[id]`: one more run of the suite on a registered engine built another
+  way, as ``(engine name, setup)``, e.g. aiocache on a real Redis server by URL.
+
+Async-only engines (``capabilities.sync_api`` False) skip the sync tests and run the
+async ones (`EngineFactory.aengine`, and `EngineFactory.mcache` on `async def` functions).
+
+The `redis_server`/`redis_url` fixtures (a real private redis-server) come from _redis.py.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import threading
@@ -22,7 +30,9 @@ from typing import Any
 
 import pytest
 
-from twat_cache import MISS, CacheConfig, mcache
+from _redis import redis_server, redis_url  # noqa: F401  # fixtures, registered here
+from _user_engine import register_user_engine
+from twat_cache import MISS, CacheConfig, mcache, ucache
 from twat_cache.config import DEFAULT_MAXSIZE
 from twat_cache.engines.manager import get_manager
 from twat_cache.exceptions import EngineUnavailableError
@@ -33,14 +43,34 @@ ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
     "klepto": {"folder_name": "contract", "maxsize": DEFAULT_MAXSIZE},
     "diskcache": {"folder_name": "contract", "maxsize": DEFAULT_MAXSIZE},
     "joblib": {"folder_name": "contract", "maxsize": DEFAULT_MAXSIZE},
+    # Unset, a cache on a server keeps DEFAULT_REMOTE_MAXSIZE entries.
+    "redis": {"maxsize": DEFAULT_MAXSIZE},
 }
 
 #: Per-engine setup run once per test (server, folder...): returns more config options.
 ENGINE_SETUP: dict[str, Callable[[pytest.FixtureRequest], dict[str, Any]]] = {}
 
+# A user engine written in the tests ("mine"): the contract holds for engines users register.
+register_user_engine()
+
 #: Every engine registered on the process-wide manager, read at collection time, so an
 #: engine registered later (diskcache, joblib, klepto, aiocache, redis) joins automatically.
 ENGINE_NAMES: list[str] = get_manager().registered()
+
+
+def _on_redis(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return {"url": request.getfixturevalue("redis_url"), "folder_name": "contract"}
+
+
+ENGINE_SETUP["redis"] = _on_redis
+
+#: More runs of the suite, by id: (registered engine, setup returning its config options).
+ENGINE_VARIANTS: dict[str, tuple[str, Callable[[pytest.FixtureRequest], dict[str, Any]]]] = {
+    "aiocache-redis": ("aiocache", _on_redis),
+}
+
+#: Runs that need the real redis-server (marked `redis`).
+_ON_SERVER = {"redis", *ENGINE_VARIANTS}
 
 
 @pytest.fixture(autouse=True)
@@ -60,8 +90,9 @@ class EngineFactory:
     engine it builds, and every engine behind a function it decorates, is closed at teardown.
     """
 
-    def __init__(self, name: str, base_options: dict[str, Any]) -> None:
+    def __init__(self, name: str, base_options: dict[str, Any], variant: str | None = None) -> None:
         self.name = name
+        self.variant = variant or name  # the test id: the engine, or a variant of it
         self.base_options = base_options
         self._opened: list[Any] = []
         try:
@@ -93,6 +124,18 @@ class EngineFactory:
         return config
 
     def __call__(self, **options: Any) -> Any:
+        """An engine for the sync tests (skipped for an async-only engine)."""
+        if not self.capabilities.sync_api:
+            pytest.skip(f"{self.name} is async-only: its async twin test covers this")
+        return self._build(**options)
+
+    def aengine(self, **options: Any) -> Any:
+        """An engine for the async tests (skipped for an engine that is not async-native)."""
+        if not self.capabilities.async_native:
+            pytest.skip(f"{self.name} is not async-native (no aget/aset)")
+        return self._build(**options)
+
+    def _build(self, **options: Any) -> Any:
         config = self.require(**options)
         try:
             engine = self.cls(config)
@@ -106,7 +149,13 @@ class EngineFactory:
         self.require(**options)
 
         def decorate(func: Any) -> Any:
-            cached = mcache(cache_engine=self.name, **self.options(**options))(func)
+            is_async = inspect.iscoroutinefunction(func)
+            if not is_async and not self.capabilities.sync_api:
+                pytest.skip(f"{self.name} is async-only: it serves async def functions only")
+            merged = self.options(**options)
+            # mcache is a local cache and refuses url=: an engine on a server uses ucache.
+            decorator = ucache if merged.get("url") else mcache
+            cached = decorator(cache_engine=self.name, **merged)(func)
             assert cached.cache_engine.name == self.name, "the manager fell back silently"
             self._opened.append(cached.cache_engine)
             return cached
@@ -121,15 +170,21 @@ class EngineFactory:
         self._opened.clear()
 
 
-@pytest.fixture(params=ENGINE_NAMES)
+@pytest.fixture(
+    params=[
+        pytest.param(run, marks=[pytest.mark.redis] if run in _ON_SERVER else [])
+        for run in [*ENGINE_NAMES, *ENGINE_VARIANTS]
+    ]
+)
 def engine_factory(request: pytest.FixtureRequest) -> Iterator[EngineFactory]:
-    """A factory `make(**config_options) -> engine` for each registered engine in turn."""
-    name: str = request.param
+    """A factory `make(**config_options) -> engine` for each registered engine (and each
+    variant of one) in turn."""
+    variant: str = request.param
+    name, setup = ENGINE_VARIANTS.get(variant, (variant, ENGINE_SETUP.get(variant)))
     base = dict(ENGINE_OPTIONS.get(name, {}))
-    setup = ENGINE_SETUP.get(name)
     if setup is not None:
         base.update(setup(request))
-    factory = EngineFactory(name, base)
+    factory = EngineFactory(name, base, variant)
     yield factory
     factory.close_all()
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from twat_cache import MISS, CacheConfig, mcache
+from twat_cache import MISS, CacheConfig, mcache, ucache
 from twat_cache.config import DEFAULT_MAXSIZE
-from twat_cache.engines.base import put_of
+from twat_cache.engines.base import capabilities_of, put_of
 from twat_cache.engines.manager import get_manager
 from twat_cache.exceptions import CacheFaultWarning, ConfigurationError
 from twat_cache.keys import stable_digest
@@ -322,6 +322,287 @@ def test_persistence_across_reopen_through_mcache(engine_factory: EngineFactory)
     assert second(7) == 49
     assert calls == [7]
     assert second.cache_info().hits == 1
+
+
+# --- engine level: async (async-native engines: aget/aset/adelete/aclear/aexists/aclose) ---
+
+
+def arun(main: Callable[[], Any]) -> Any:
+    """Run the coroutine function `main` in a fresh event loop, as each asyncio.run does."""
+    return asyncio.run(main())
+
+
+def async_sample_keys(engine: Any) -> list[Any]:
+    # The instance's capabilities: one engine class may serve both local and server caches.
+    digests = [stable_digest("tests.contract", (i,)) for i in range(3)]
+    if capabilities_of(engine).stable_keys:
+        return digests
+    return [0, 2**70, "a", "", b"1", 1.5, None, (1, "a"), (), frozenset({1, 2}), *digests]
+
+
+def test_async_roundtrip_over_key_types(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine()
+    keys = async_sample_keys(engine)
+
+    async def main() -> None:
+        for index, key in enumerate(keys):
+            await engine.aset(key, ("value", index))
+        for index, key in enumerate(keys):
+            assert await engine.aget(key, MISS) == ("value", index), key
+            assert await engine.aexists(key)
+
+    arun(main)
+    assert len(engine) == len(keys)  # the sync bookkeeping sees what the async API wrote
+
+
+def test_async_none_is_a_value_and_absent_is_miss(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine()
+    absent, stored = stable_digest("t", ("absent",)), stable_digest("t", ("none",))
+
+    async def main() -> None:
+        await engine.aset(stored, None)
+        assert await engine.aget(stored, MISS) is None
+        assert await engine.aexists(stored)
+        assert await engine.aget(absent, MISS) is MISS
+        assert await engine.aget(absent) is None
+        assert await engine.aget(absent, "fallback") == "fallback"
+        assert not await engine.aexists(absent)
+
+    arun(main)
+
+
+def test_async_overwrite_and_delete(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine()
+
+    async def main() -> None:
+        await engine.aset("k", 1)
+        await engine.aset("k", 2)
+        assert await engine.aget("k", MISS) == 2
+        await engine.aset("other", None)
+        assert await engine.adelete("k") is True
+        assert await engine.adelete("k") is False
+        assert await engine.aget("k", MISS) is MISS
+        assert await engine.adelete("never-set") is False
+        assert await engine.adelete("other") is True  # an entry holding None is an entry
+
+    arun(main)
+    assert len(engine) == 0
+
+
+def test_async_clear_and_sync_bookkeeping(engine_factory: EngineFactory) -> None:
+    # The wrapper's cache_info/cache_clear/cache_delete use the sync len/clear/delete,
+    # which must work on an async-only engine too.
+    engine = (
+        engine_factory.aengine(maxsize=50)
+        if not engine_factory.options().get("url")
+        else engine_factory.aengine()
+    )
+
+    async def fill() -> None:
+        for i in range(20):
+            await engine.aset(f"k{i}", i)
+
+    arun(fill)
+    assert len(engine) == 20
+    assert engine.delete("k0") is True
+    assert engine.delete("k0") is False
+    assert len(engine) == 19
+    engine.clear()
+    assert len(engine) == 0
+    arun(fill)
+
+    async def clear_then_use() -> None:
+        await engine.aclear()
+        assert all([await engine.aget(f"k{i}", MISS) is MISS for i in range(20)])
+        await engine.aset("after", 1)
+        assert await engine.aget("after", MISS) == 1
+
+    arun(clear_then_use)
+    assert len(engine) == 1
+
+
+def test_async_config_ttl_expires_entries(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine(ttl=TTL)
+
+    async def main() -> None:
+        await engine.aset("k", "v")
+        assert await engine.aget("k", MISS) == "v"
+        await asyncio.sleep(EXPIRED)
+        assert await engine.aget("k", MISS) is MISS
+        assert not await engine.aexists("k")
+
+    arun(main)
+    assert len(engine) == 0
+
+
+def test_async_expiry_outlives_the_event_loop(engine_factory: EngineFactory) -> None:
+    # Written in one asyncio.run and read after it ended: expiry must not depend on a
+    # timer of the loop that wrote the entry.
+    engine = engine_factory.aengine(ttl=TTL)
+    arun(lambda: engine.aset("k", "v"))
+    time.sleep(EXPIRED)
+    assert arun(lambda: engine.aget("k", MISS)) is MISS
+    assert engine.delete("k") is False
+
+
+def test_async_per_entry_ttl(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine(ttl=60)
+
+    async def main() -> None:
+        await engine.aset("short", 1, ttl=TTL)
+        await engine.aset("long", 2)
+        await engine.aset("longer", 3, ttl=60)
+        assert await engine.aget("short", MISS) == 1
+        await asyncio.sleep(EXPIRED)
+        assert await engine.aget("short", MISS) is MISS
+        assert await engine.aget("long", MISS) == 2
+        assert await engine.aget("longer", MISS) == 3
+        for bad in (0, -1):
+            with pytest.raises(ConfigurationError, match="ttl"):
+                await engine.aset("k", 1, ttl=bad)
+
+    arun(main)
+    assert len(engine) == 2
+
+
+def test_async_per_entry_ttl_without_expiry_is_refused(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine()
+    if engine.expires:
+        pytest.skip(f"{engine_factory.name} was built to expire entries")
+
+    async def main() -> None:
+        with pytest.raises(ConfigurationError, match="without expiry"):
+            await engine.aset("k", 1, ttl=5)
+        assert await engine.aget("k", MISS) is MISS
+
+    arun(main)
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "rr", "ttl"])
+def test_async_maxsize_bound_enforced(engine_factory: EngineFactory, policy: str) -> None:
+    options: dict[str, Any] = {"maxsize": 5, "policy": policy}
+    if policy == "ttl":
+        options["ttl"] = 60
+    engine = engine_factory.aengine(**options)
+    assert engine.maxsize == 5
+
+    async def main() -> None:
+        for i in range(15):
+            await engine.aset(f"k{i}", i)
+            assert len(engine) <= 5
+        assert await engine.aget("k14", MISS) == 14  # the entry just written is kept
+
+    arun(main)
+    assert len(engine) == 5
+
+
+@pytest.mark.parametrize(
+    ("policy", "reads", "kept"),
+    [("lru", "a", "acd"), ("fifo", "aaa", "bcd"), ("lfu", "aac", "acd")],
+)
+def test_async_eviction_order(
+    engine_factory: EngineFactory, policy: str, reads: str, kept: str
+) -> None:
+    engine = engine_factory.aengine(policy=policy, maxsize=3)
+
+    async def main() -> str:
+        for key in "abc":
+            await engine.aset(key, key)
+        for key in reads:
+            assert await engine.aget(key, MISS) == key
+        await engine.aset("d", "d")
+        return "".join([k for k in "abcd" if await engine.aget(k, MISS) is not MISS])
+
+    assert arun(main) == kept
+
+
+def test_async_default_bound(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine()
+    if engine.maxsize is None:
+        pytest.skip(f"{engine_factory.variant} is bounded by its server, not by maxsize")
+    assert engine.maxsize == DEFAULT_MAXSIZE
+
+    async def main() -> None:
+        for i in range(DEFAULT_MAXSIZE + 50):
+            await engine.aset(f"k{i}", i)
+
+    arun(main)
+    assert len(engine) == DEFAULT_MAXSIZE
+
+
+def test_async_maxsize_none_is_unbounded(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine(maxsize=None)
+    assert engine.maxsize is None
+    count = DEFAULT_MAXSIZE + 100
+
+    async def main() -> None:
+        for i in range(count):
+            await engine.aset(f"k{i}", i)
+        assert await engine.aget("k0", MISS) == 0
+
+    arun(main)
+    assert len(engine) == count
+
+
+def test_async_engine_serves_many_event_loops(engine_factory: EngineFactory) -> None:
+    # asyncio.run() makes a new loop each time: an engine must serve the next one.
+    engine = engine_factory.aengine()
+    for round_ in range(3):
+        arun(lambda r=round_: engine.aset(f"k{r}", r))
+    assert [arun(lambda r=r: engine.aget(f"k{r}", MISS)) for r in range(3)] == [0, 1, 2]
+
+
+def test_async_aclose_is_idempotent(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine()
+
+    async def main() -> None:
+        await engine.aset("k", 1)
+        await engine.aclose()
+        await engine.aclose()
+
+    arun(main)
+    engine.close()  # and the sync close after it
+    arun(engine.aclose)
+
+
+def test_async_with_closes(engine_factory: EngineFactory) -> None:
+    engine = engine_factory.aengine()
+    closed: list[bool] = []
+    real_aclose = engine.aclose
+
+    async def recording_aclose() -> None:
+        closed.append(True)
+        await real_aclose()
+
+    engine.aclose = recording_aclose  # a spy on the real aclose, not a replacement
+
+    async def main() -> None:
+        async with engine as entered:
+            assert entered is engine
+            await entered.aset("k", 1)
+            assert await entered.aget("k", MISS) == 1
+        assert closed == [True]
+        with pytest.raises(RuntimeError, match="inside"):
+            async with engine:
+                raise RuntimeError("raised inside the block")
+        assert closed == [True, True]
+
+    arun(main)
+
+
+def test_async_persistence_across_reopen(engine_factory: EngineFactory) -> None:
+    first = engine_factory.aengine()
+    if not capabilities_of(first).persistent:
+        pytest.skip(f"{engine_factory.variant} is not persistent")
+    key = stable_digest("tests.contract.persist", ("k",))
+
+    async def write() -> None:
+        await first.aset(key, {"value": [1, 2, None]})
+        await first.aclose()
+
+    arun(write)
+    second = engine_factory.aengine()
+    assert arun(lambda: second.aget(key, MISS)) == {"value": [1, 2, None]}
 
 
 # --- decorator level: sync ----------------------------------------------------------------
@@ -739,6 +1020,7 @@ def _faulty_class(base: type, name: str, failing: frozenset[str]) -> type:
         def __init__(self, config: CacheConfig) -> None:
             self.inner = base(config)
             self.maxsize = self.inner.maxsize
+            self.capabilities = capabilities_of(self.inner)  # e.g. a server's, per instance
 
         @classmethod
         def unsupported(cls, config: CacheConfig) -> str | None:
@@ -769,8 +1051,51 @@ def _faulty_class(base: type, name: str, failing: frozenset[str]) -> type:
         def close(self) -> None:
             self.inner.close()
 
+        # The async twin, used by the wrapper for async-native engines.
+        async def aget(self, key: Any, default: Any = None) -> Any:
+            if "get" in failing:
+                raise OSError(28, "No space left on device")
+            return await self.inner.aget(key, default)
+
+        async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
+            if "set" in failing:
+                raise OSError(28, "No space left on device")
+            await self.inner.aset(key, value, ttl)
+
+        async def adelete(self, key: Any) -> bool:
+            return bool(await self.inner.adelete(key))
+
+        async def aclear(self) -> None:
+            await self.inner.aclear()
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+        # Leases (engines that offer them) work: only `failing` operations fail.
+        def lease(self, key: Any, seconds: float) -> Any:
+            return self.inner.lease(key, seconds)
+
+        def release(self, key: Any, token: Any) -> None:
+            self.inner.release(key, token)
+
+        async def alease(self, key: Any, seconds: float) -> Any:
+            return await self.inner.alease(key, seconds)
+
+        async def arelease(self, key: Any, token: Any) -> None:
+            await self.inner.arelease(key, token)
+
     FaultyEngine.name = name  # type: ignore[attr-defined]
     return FaultyEngine
+
+
+def _needs_sync_api(factory: EngineFactory) -> None:
+    if not factory.capabilities.sync_api:
+        pytest.skip(f"{factory.name} is async-only: it serves async def functions only")
+
+
+def _local_or_server(factory: EngineFactory) -> Callable[..., Any]:
+    # mcache is a local cache and refuses url=: an engine on a server is decorated with ucache.
+    return ucache if factory.options().get("url") else mcache
 
 
 @pytest.fixture
@@ -795,9 +1120,12 @@ def faulty_engine(engine_factory: EngineFactory) -> Iterator[Callable[..., str]]
 def test_degraded_backend_still_answers(
     engine_factory: EngineFactory, faulty_engine: Callable[..., str], failing: tuple[str, ...]
 ) -> None:
+    _needs_sync_api(engine_factory)
     calls: list[int] = []
 
-    @mcache(cache_engine=faulty_engine(*failing), **engine_factory.options())
+    @_local_or_server(engine_factory)(
+        cache_engine=faulty_engine(*failing), **engine_factory.options()
+    )
     def square(x: int) -> int:
         calls.append(x)
         return x * x
@@ -813,7 +1141,11 @@ def test_degraded_backend_still_answers(
 def test_fault_warning_points_at_the_callers_line(
     engine_factory: EngineFactory, faulty_engine: Callable[..., str]
 ) -> None:
-    @mcache(cache_engine=faulty_engine("get", "set"), **engine_factory.options())
+    _needs_sync_api(engine_factory)
+
+    @_local_or_server(engine_factory)(
+        cache_engine=faulty_engine("get", "set"), **engine_factory.options()
+    )
     def square(x: int) -> int:
         return x * x
 
@@ -828,7 +1160,9 @@ def test_degraded_backend_still_answers_async(
 ) -> None:
     calls: list[int] = []
 
-    @mcache(cache_engine=faulty_engine(*failing), **engine_factory.options())
+    @_local_or_server(engine_factory)(
+        cache_engine=faulty_engine(*failing), **engine_factory.options()
+    )
     async def square(x: int) -> int:
         calls.append(x)
         return x * x
@@ -849,18 +1183,20 @@ def test_degraded_backend_without_fallback_raises(
 ) -> None:
     name = faulty_engine(*failing)
 
-    @mcache(cache_engine=name, fallback=False, **engine_factory.options())
-    def square(x: int) -> int:
-        return x * x
-
-    @mcache(cache_engine=name, fallback=False, **engine_factory.options())
+    @_local_or_server(engine_factory)(cache_engine=name, fallback=False, **engine_factory.options())
     async def asquare(x: int) -> int:
         return x * x
 
     with pytest.raises(OSError, match="No space left"):
-        square(3)
-    with pytest.raises(OSError, match="No space left"):
         asyncio.run(asquare(3))
+    _needs_sync_api(engine_factory)
+
+    @_local_or_server(engine_factory)(cache_engine=name, fallback=False, **engine_factory.options())
+    def square(x: int) -> int:
+        return x * x
+
+    with pytest.raises(OSError, match="No space left"):
+        square(3)
 
 
 # --- eviction order: every policy an engine serves, served as named ---------------------------

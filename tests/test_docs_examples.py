@@ -22,9 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 #: Pages that need no Python example, each with the reason.
-NO_EXAMPLES: dict[str, str] = {
-    "docs/engines.md": "tables of engines and policies; examples live on the decorator pages",
-}
+NO_EXAMPLES: dict[str, str] = {}
 
 #: Pages whose examples do not run yet, each with why. Strict: once a page is fixed, its test
 #: passes, xfail fails, and the page must leave this list.

@@ -378,14 +378,14 @@ def test_lazy_spec_naming_a_non_engine_class_is_unavailable(
 
 @pytest.fixture
 def mine(registered_globally: Any) -> type[DictEngine]:
-    registered_globally("mine", DictEngine)
+    registered_globally("dict-engine", DictEngine)
     return DictEngine
 
 
 def test_user_engine_serves_mcache(mine: type[DictEngine]) -> None:
     calls: list[int] = []
 
-    @mcache(cache_engine="mine")
+    @mcache(cache_engine="dict-engine")
     def tenfold(x: int) -> int:
         calls.append(x)
         return 10 * x
@@ -413,7 +413,7 @@ def test_user_engine_serves_mcache(mine: type[DictEngine]) -> None:
 def test_user_engine_serves_async_functions(mine: type[DictEngine]) -> None:
     calls: list[int] = []
 
-    @mcache(cache_engine="mine")
+    @mcache(cache_engine="dict-engine")
     async def tenfold(x: int) -> int:
         calls.append(x)
         return 10 * x

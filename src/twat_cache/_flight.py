@@ -258,6 +258,8 @@ class CallState:
 
     def leased(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Compute `key` once across processes, or share the lease holder's result."""
+        if bypassed():  # inside disabled(): no cache, so no one to share with either
+            return self._compute(key, args, kwargs)
         engine = self.engine
         pause = _FIRST_PAUSE
         while True:
@@ -282,6 +284,8 @@ class CallState:
                 return value
 
     async def _aleased(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if bypassed():
+            return await self._acompute(key, args, kwargs)
         pause = _FIRST_PAUSE
         while True:
             try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from contextvars import ContextVar
 from typing import Any
 
 from twat_cache.config import CacheConfig
@@ -50,7 +50,9 @@ class CacheContext:
             options["config"] = config
         self.config = resolve_config(options)
         get_manager().check_name(self.config.cache_engine)
-        self._open: list[Any] = []
+        # The engines this object opened, per thread and per task: a block's exit closes
+        # the engine that block opened, even when other threads or tasks use this object.
+        self._open: ContextVar[tuple[Any, ...]] = ContextVar(f"CacheContext-{id(self)}", default=())
 
     def _select(self, is_async: bool) -> Any:
         config = self.config
@@ -72,7 +74,12 @@ class CacheContext:
                     f"the {name} engine is async-only: use `async with CacheContext(...)`"
                 )
         engine = get_manager().select(kind, config, is_async=is_async)
-        self._open.append(engine)
+        self._open.set((*self._open.get(), engine))
+        return engine
+
+    def _pop(self) -> Any:
+        *rest, engine = self._open.get()
+        self._open.set(tuple(rest))
         return engine
 
     def __enter__(self) -> CacheEngineProtocol:
@@ -80,7 +87,7 @@ class CacheContext:
         return engine
 
     def __exit__(self, *exc_info: object) -> None:
-        engine = self._open.pop()
+        engine = self._pop()
         close = getattr(engine, "close", None)
         if close is not None:
             close()
@@ -89,13 +96,12 @@ class CacheContext:
         return self._select(is_async=True)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        engine = self._open.pop()
-        capabilities = capabilities_of(engine)
-        if capabilities.async_native:
+        engine = self._pop()
+        if capabilities_of(engine).async_native:
             await engine.aclose()
-        elif capabilities.blocking:
-            await asyncio.to_thread(engine.close)
         elif getattr(engine, "close", None) is not None:
+            # In this thread: the block used the engine here, and some engines (diskcache)
+            # hold one connection per thread and close the calling thread's.
             engine.close()
 
     def __repr__(self) -> str:

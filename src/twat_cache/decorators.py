@@ -100,8 +100,10 @@ def _large_results(func: Any) -> bool:
     annotation = getattr(func, "__annotations__", {}).get("return")
     if annotation is None:
         return False
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    return bool(_LARGE_RESULT.search(text or repr(annotation)))
+    # The annotation's text, whether it is stored as a string (`from __future__ import
+    # annotations`) or as an object: `Optional[np.ndarray]` reads the same either way.
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return bool(_LARGE_RESULT.search(text))
 
 
 def universal_kind(config: CacheConfig, func: Any, is_async: bool) -> str:

@@ -252,6 +252,16 @@ class BaseEngine:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        aclose = getattr(self, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            self.close()
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} maxsize={self.maxsize}>"
 
