@@ -41,7 +41,8 @@ def test_public_names_defined_in_private_modules_have_running_examples(name: str
     obj = getattr(twat_cache, name)
     finder = doctest.DocTestFinder(recurse=False)
     tests = finder.find(obj, name, globs=dict(vars(importlib.import_module(obj.__module__))))
-    assert tests and tests[0].examples, f"{name} has no example in its docstring"
+    assert tests, f"{name} has no docstring"
+    assert tests[0].examples, f"{name} has no example in its docstring"
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     for test in tests:
         runner.run(test)
