@@ -10,6 +10,8 @@ from twat_cache.config import DEFAULT_MAXSIZE, CacheConfig
 from twat_cache.exceptions import ConfigurationError, SecurityWarning
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from typing_extensions import Self
 
 __all__ = [
@@ -373,6 +375,80 @@ class PersistentEngine(SerializingEngine):
             raise ConfigurationError(f"the {self.name} engine needs a folder_name")
         self.directory = cache_dir(folder)
         super().__init__(config)
+        self._record_manifest()
+
+    #: The directory under the cache root holding, per cache folder, a file naming its
+    #: engine and the settings it was opened with, so that tools (`twat-cache stats`,
+    #: `prune`, `clear`) open it the same way. Kept out of the folders themselves: those
+    #: belong to their engine alone.
+    MANIFESTS: ClassVar[str] = ".manifests"
+    #: The settings recorded: those that change how entries are stored, bounded or read.
+    _RECORDED: ClassVar[tuple[str, ...]] = (
+        "maxsize",
+        "ttl",
+        "policy",
+        "serializer",
+        "compress",
+        "secure",
+        "use_sql",
+        "mmap_mode",
+    )
+
+    def _record_manifest(self) -> None:
+        import json
+
+        from twat_cache.paths import atomic_write, private_dir
+
+        config = self.config
+        path = self.manifest_path(self.directory)
+        settings = {name: getattr(config, name) for name in self._RECORDED}
+        if not config.maxsize_given:
+            del settings["maxsize"]  # the engine's default bound, whatever it is then
+        elif config.size_in_bytes:
+            settings["maxsize"] = f"{int(config.maxsize or 0)}B"  # bytes, not entries
+        manifest = {"engine": self.name, "settings": settings}
+        try:
+            if json.loads(path.read_text()) == manifest:
+                return
+        except (OSError, ValueError):
+            pass  # absent or unreadable: write it
+        try:
+            private_dir(path.parent)
+            with atomic_write(path) as temporary:
+                temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        except OSError as exc:  # a read-only root still caches; tools then cannot open it
+            from twat_cache.logging import logger
+
+            logger.warning("could not record {}: {!r}", path, exc)
+
+    @classmethod
+    def manifest_path(cls, directory: Path) -> Path:
+        """Where the manifest of the cache folder `directory` is kept."""
+        return directory.parent / cls.MANIFESTS / f"{directory.name}.json"
+
+    @classmethod
+    def read_manifest(cls, directory: Path) -> dict[str, Any] | None:
+        """The engine name and settings recorded for a cache folder, or None."""
+        import json
+
+        try:
+            manifest = json.loads(cls.manifest_path(directory).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("engine"), str):
+            return None
+        return manifest
+
+    def stats(self) -> dict[str, Any]:
+        """Entries, bytes on disk, and the store times of the oldest and newest entry
+        (None when the engine does not know them)."""
+        size = sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+        return {"entries": len(self), "bytes": size, "oldest": None, "newest": None}
+
+    def prune(self) -> int:
+        """Drop expired entries, enforce the bound, and remove files left by killed writers;
+        the number of entries and files removed."""
+        return 0
 
     @property
     def location(self) -> str:
