@@ -2,48 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import math
-import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final
-from urllib.parse import urlsplit
+from collections.abc import Coroutine, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiocache  # aiocache ships no type information: its objects are Any here
 import cachetools
-from aiocache.serializers import BaseSerializer
 
-from twat_cache._report import warn
 from twat_cache.config import CacheConfig
-from twat_cache.engines.base import (
-    ALL_POLICIES,
-    MISS,
-    BaseEngine,
-    Capabilities,
-    PersistentEngine,
-)
-from twat_cache.exceptions import ConfigurationError, SecurityWarning
+from twat_cache.engines.base import ALL_POLICIES, MISS, BaseEngine, Capabilities
+from twat_cache.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from twat_cache.serializers import Serializer
+    from twat_cache.engines._aiocache_remote import AioCacheRemote
 
 __all__ = ["AioCacheEngine", "AioCacheMemory", "AioCacheRemote"]
-
-#: Seconds a remote operation may wait to connect, and for an answer: a dead or hung server
-#: then costs the caller a bounded delay (the wrapper calls the function instead), never a
-#: hang. A URL's own ``socket_timeout``/``socket_connect_timeout`` query options win.
-SOCKET_TIMEOUT: Final = 0.5
-#: Keys asked per SCAN step, and removed per UNLINK, by `clear` and counted by `len`.
-SCAN_BATCH: Final = 500
-
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-_MEMCACHED_SCHEMES = frozenset({"memcached"})
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 _CLASSES: dict[str, Any] = {
     "lru": cachetools.LRUCache,
@@ -59,16 +36,17 @@ _MEMORY = Capabilities(
     async_native=True,
     sync_api=False,
 )
-# On a server, eviction is the server's (its maxmemory-policy): only expiry is ours.
-_REMOTE = Capabilities(
-    policies=frozenset({"lru", "ttl"}),
-    ttl=True,
-    persistent=True,
-    shared=True,
-    async_native=True,
-    sync_api=False,
-    needs_serialization=True,
-)
+
+
+def __getattr__(name: str) -> Any:
+    # The remote flavour lives in `_aiocache_remote`, which subclasses AioCacheEngine and
+    # so imports this module: importing it here on first use, not at the top, keeps the
+    # two importable in either order.
+    if name == "AioCacheRemote":
+        from twat_cache.engines._aiocache_remote import AioCacheRemote
+
+        return AioCacheRemote
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Store(MutableMapping[Any, Any]):
@@ -131,19 +109,6 @@ class _Store(MutableMapping[Any, Any]):
         return float(self._cache.maxsize)
 
 
-class _Bytes(BaseSerializer):  # type: ignore[misc]  # aiocache is untyped: a subclass of Any
-    """Hands aiocache our finished payloads and gives them back untouched: values are
-    serialized and signed by `twat_cache.serializers.Serializer`, never by aiocache."""
-
-    DEFAULT_ENCODING = None  # aiocache then returns the stored bytes undecoded
-
-    def dumps(self, value: bytes) -> bytes:
-        return value
-
-    def loads(self, value: bytes | None) -> bytes | None:
-        return value
-
-
 def _drive(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine that never suspends (aiocache's memory operations) to its result."""
     try:
@@ -202,28 +167,6 @@ def _install(cache: Any, store: _Store) -> str | None:
     return None
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:" if parts.username else ":"
-    return parts._replace(netloc=f"{user}***@{host}").geturl()
-
-
-class _LoopCache:
-    """One aiocache remote cache, owned by one event loop (redis.asyncio connections
-    belong to the loop that opened them), and the async generator that closes it when
-    that loop shuts down."""
-
-    __slots__ = ("cache", "keeper", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, cache: Any) -> None:
-        self.loop = loop
-        self.cache = cache
-        self.keeper: Any = None
-
-
 class AioCacheEngine(BaseEngine):
     """An async-native engine on aiocache: its memory cache, or its Redis cache when the
     config has a ``url`` (building the class gives the flavour's subclass).
@@ -253,56 +196,34 @@ class AioCacheEngine(BaseEngine):
 
     def __new__(cls, config: CacheConfig | None = None) -> Self:
         if cls is AioCacheEngine:
-            flavour = AioCacheMemory if config is None or config.url is None else AioCacheRemote
+            flavour: type[AioCacheEngine]
+            if config is None or config.url is None:
+                flavour = AioCacheMemory
+            else:
+                from twat_cache.engines._aiocache_remote import AioCacheRemote as flavour
             return super().__new__(flavour)  # type: ignore[return-value]  # a subclass of cls
         return super().__new__(cls)
 
     @classmethod
     def unsupported(cls, config: CacheConfig) -> str | None:
         url = config.url
-        if url is None:
-            reason = super().unsupported(config)
-            if reason:
-                return reason
-            return _install(aiocache.SimpleMemoryCache(timeout=None), _memory_store(config, 1))
-        scheme = urlsplit(url).scheme.lower()
-        if scheme in _MEMCACHED_SCHEMES:
-            if "memcached" not in aiocache.AIOCACHE_CACHES:
-                return "aiocache serves memcached:// URLs only with aiomcache installed"
-            # aiocache's memcached cache can neither list nor clear one namespace (its
-            # clear() is flush_all), so len() and cache_clear() could not be exact.
-            return (
-                "memcached:// is not served: memcached cannot list or clear one cache's "
-                "keys without flushing the whole server"
-            )
-        if scheme in _REDIS_SCHEMES:
-            if "redis" not in aiocache.AIOCACHE_CACHES:
-                return f"aiocache serves {scheme}:// URLs only with redis-py installed"
-        else:
-            return (
-                "aiocache serves redis://, rediss:// and unix:// URLs, "
-                f"not {scheme + '://' if scheme else repr(url)}"
-            )
-        if config.maxsize_given and config.maxsize is not None:
-            return (
-                f"aiocache cannot bound one cache on a shared server (maxsize="
-                f"{config.maxsize}): the server's maxmemory bounds it; leave maxsize unset"
-            )
-        if config.folder_name is None:
-            return "a remote aiocache cache needs a folder_name (its key namespace)"
-        if "policy" in config.model_fields_set and config.policy not in _REMOTE.policies:
-            return (
-                "on a server, eviction follows the server's maxmemory-policy, not "
-                f"policy={config.policy!r}"
-            )
-        return None
+        if url is not None:
+            from twat_cache.engines._aiocache_remote import unsupported_url
+
+            return unsupported_url(url, config)
+        reason = super().unsupported(config)
+        if reason:
+            return reason
+        return _install(aiocache.SimpleMemoryCache(timeout=None), _memory_store(config, 1))
 
     def __init__(self, config: CacheConfig | None = None) -> None:
-        super().__init__(config)
-        self.url = self.config.url
-        reason = type(self).unsupported(self.config)
+        config = config if config is not None else CacheConfig()
+        # Refused before the base classes see it: the remote flavour's would read (or
+        # create) the signing secret for a config it then refuses.
+        reason = type(self).unsupported(config)
         if reason:
             raise ConfigurationError(reason)
+        super().__init__(config)
 
     # --- the async API: each flavour implements it ------------------------------------
 
@@ -328,12 +249,6 @@ class AioCacheEngine(BaseEngine):
 
     async def aclose(self) -> None:
         """Release connections; safe to call twice."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     # --- sync: bookkeeping only ---------------------------------------------------------
 
@@ -408,231 +323,3 @@ class AioCacheMemory(AioCacheEngine):
 
     def __len__(self) -> int:
         return len(self._store)
-
-
-class AioCacheRemote(AioCacheEngine):
-    """aiocache's Redis cache (redis://, rediss://, unix:// URLs): one per event loop,
-    signed payloads, keys under ``twat_cache:<folder_name>:``."""
-
-    def __init__(self, config: CacheConfig | None = None) -> None:
-        super().__init__(config)
-        from twat_cache.paths import cache_root
-        from twat_cache.serializers import Serializer, get_secret
-
-        url = self.url
-        assert url is not None  # unsupported() refused a config without one
-        self.capabilities = _REMOTE  # type: ignore[misc]  # this instance is shared, persistent
-        self.namespace = f"twat_cache:{self.config.folder_name}:"
-        self._pattern = _GLOB_SPECIAL.sub(r"\\\1", self.namespace) + "*"
-        secret = get_secret(cache_root()) if self.config.secure else None
-        self.serializer: Serializer = Serializer(self.config, secret)
-        self._loops: dict[asyncio.AbstractEventLoop, _LoopCache] = {}
-        self._loops_lock = threading.Lock()
-        self._sync_client: Any = None
-        self._sync_lock = threading.Lock()
-        self._rejections = itertools.count(1)  # next() is atomic: one warning, however raced
-
-    @property
-    def maxsize(self) -> int | None:
-        """None: the server's maxmemory bounds a server cache, not this engine."""
-        return None
-
-    def key_of(self, key: Any) -> str:
-        """The server key of `key`: the namespace, then the key itself when it is a str
-        (what the wrapper passes), else a stable digest of it."""
-        return self.namespace + PersistentEngine.key_text(key)
-
-    @staticmethod
-    def _built_key(key: str, namespace: str | None = None) -> str:
-        return key  # `key_of` built it: aiocache must not add its own namespace
-
-    def _new_cache(self) -> Any:
-        url = self.url
-        assert url is not None
-        options: dict[str, Any] = {
-            "serializer": _Bytes(),
-            "key_builder": self._built_key,
-            "timeout": None,  # no asyncio.wait_for per call: the sockets have timeouts
-        }
-        from redis.asyncio import ConnectionPool
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        def pool(**_aiocache_options: Any) -> Any:
-            # The whole URL (scheme, credentials, db, query options) says where to
-            # connect; aiocache's host/port options cannot express unix:// or rediss://.
-            return ConnectionPool.from_url(
-                url,
-                decode_responses=False,
-                socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=SOCKET_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),  # one reconnect, e.g. after a server restart
-            )
-
-        return aiocache.AIOCACHE_CACHES["redis"](connection_pool_class=pool, **options)
-
-    async def _cache(self) -> Any:
-        """This event loop's aiocache cache, opened on its first use in the loop."""
-        loop = asyncio.get_running_loop()
-        entry = self._loops.get(loop)
-        if entry is None:
-            entry = _LoopCache(loop, self._new_cache())
-            entry.keeper = self._keep(entry)
-            # Started in the loop, the generator is one the loop tracks: when asyncio.run()
-            # ends, shutdown_asyncgens() closes it, and its `finally` closes the
-            # connections inside the loop that owns them.
-            await entry.keeper.__anext__()
-            with self._loops_lock:
-                self._loops[loop] = entry
-        return entry.cache
-
-    async def _keep(self, entry: _LoopCache) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            with self._loops_lock:
-                if self._loops.get(entry.loop) is entry:
-                    del self._loops[entry.loop]
-            await _close_cache(entry.cache)
-
-    async def aget(self, key: Any, default: Any = None) -> Any:
-        cache = await self._cache()
-        full = self.key_of(key)
-        payload = await cache.get(full)
-        if payload is None:
-            return default
-        try:
-            return self.serializer.loads(payload)
-        except Exception as exc:  # forged, foreign or corrupt: a miss, and dropped
-            await self._rejected(cache, full, exc)
-            return default
-
-    async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        seconds = self._check_ttl(ttl)
-        payload = self.serializer.dumps(value)
-        cache = await self._cache()
-        # A float ttl is sent in milliseconds (PX); at least 1 ms, as 0 would be refused.
-        expire = None if seconds is None else max(float(seconds), 0.001)
-        await cache.set(self.key_of(key), payload, ttl=expire)
-
-    async def adelete(self, key: Any) -> bool:
-        cache = await self._cache()
-        return bool(await cache.delete(self.key_of(key)))
-
-    async def aexists(self, key: Any) -> bool:
-        cache = await self._cache()
-        return bool(await cache.exists(self.key_of(key)))
-
-    async def aclear(self) -> None:
-        client = (await self._cache()).client
-        batch: list[bytes] = []
-        async for key in client.scan_iter(match=self._pattern, count=SCAN_BATCH):
-            batch.append(key)
-            if len(batch) >= SCAN_BATCH:
-                await client.unlink(*batch)
-                batch.clear()
-        if batch:
-            await client.unlink(*batch)
-
-    async def _rejected(self, cache: Any, full_key: str, exc: Exception) -> None:
-        from twat_cache.logging import logger
-
-        logger.warning("security: aiocache dropped an entry that failed verification: {}", exc)
-        if next(self._rejections) == 1:
-            warn(
-                f"twat_cache security: the aiocache cache {self.namespace!r} on "
-                f"{_redact(self.url or '')} held an entry that failed verification ({exc}); "
-                "it was dropped and will be recomputed",
-                SecurityWarning,
-            )
-        try:
-            await cache.delete(full_key)
-        except Exception as delete_error:  # the entry is a miss either way
-            logger.warning("could not drop the rejected entry: {!r}", delete_error)
-
-    async def aclose(self) -> None:
-        """Close this event loop's connections now, other loops' in their own loop."""
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        entry = self._loops.get(loop) if loop is not None else None
-        if entry is not None and entry.keeper is not None:
-            await entry.keeper.aclose()
-        self.close()
-
-    # --- sync bookkeeping: a blocking redis client ---------------------------------------
-
-    def _sync(self) -> Any:
-        with self._sync_lock:
-            if self._sync_client is None:
-                import redis
-                from redis.backoff import NoBackoff
-                from redis.retry import Retry
-
-                self._sync_client = redis.Redis.from_url(
-                    self.url or "",
-                    socket_timeout=SOCKET_TIMEOUT,
-                    socket_connect_timeout=SOCKET_TIMEOUT,
-                    retry=Retry(NoBackoff(), 1),
-                )
-            return self._sync_client
-
-    def delete(self, key: Any) -> bool:
-        return bool(self._sync().unlink(self.key_of(key)))
-
-    def clear(self) -> None:
-        client = self._sync()
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=self._pattern, count=SCAN_BATCH):
-            batch.append(key)
-            if len(batch) >= SCAN_BATCH:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self._sync().scan_iter(match=self._pattern, count=SCAN_BATCH))
-
-    def close(self) -> None:
-        """Release connections: an idle loop's at once, a running loop's in that loop, a
-        closed loop's were closed by its shutdown. A closed engine reopens them if used."""
-        with self._loops_lock:
-            entries = list(self._loops.values())
-            self._loops.clear()
-        for entry in entries:
-            _stop(entry)
-        with self._sync_lock:
-            client, self._sync_client = self._sync_client, None
-        if client is not None:
-            client.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} name={self.name!r} url={_redact(self.url or '')!r}>"
-
-
-def _stop(entry: _LoopCache) -> None:
-    """Close a loop's cache from outside that loop: in the loop when it runs, at once when
-    it is idle, not at all when it is closed (its shutdown closed it, or nothing can)."""
-    loop = entry.loop
-    if loop.is_closed() or entry.keeper is None:
-        return
-    if loop.is_running():
-        asyncio.run_coroutine_threadsafe(entry.keeper.aclose(), loop)
-    else:
-        loop.run_until_complete(entry.keeper.aclose())
-
-
-async def _close_cache(cache: Any) -> None:
-    client = getattr(cache, "client", None)
-    aclose: Callable[[], Coroutine[Any, Any, Any]] | None = getattr(client, "aclose", None)
-    try:
-        if aclose is not None:  # redis-py >= 5: aiocache's close() calls its deprecated close()
-            await aclose()
-        else:
-            await cache.close()
-    except Exception as exc:  # a dead server: nothing is left to release
-        from twat_cache.logging import logger
-
-        logger.debug("closing an aiocache connection failed: {!r}", exc)

@@ -335,9 +335,7 @@ class SerializingEngine(BaseEngine):
 
         return stable_digest("ctx", (key,))
 
-    def rejected(self, key: Any, exc: Exception) -> None:
-        """A stored payload failed verification or decoding: drop it and log a security
-        warning (the first one of this engine also as a Python warning)."""
+    def _report_rejected(self, exc: Exception) -> None:
         from twat_cache._report import warn
         from twat_cache.logging import logger
 
@@ -348,9 +346,27 @@ class SerializingEngine(BaseEngine):
                 f"that failed verification ({exc}); it was dropped and will be recomputed",
                 SecurityWarning,
             )
+
+    def rejected(self, key: Any, exc: Exception) -> None:
+        """A stored payload failed verification or decoding: drop it and log a security
+        warning (the first one of this engine also as a Python warning)."""
+        self._report_rejected(exc)
         try:
             self.delete(key)
         except Exception as delete_error:  # the entry is a miss either way
+            from twat_cache.logging import logger
+
+            logger.warning("could not drop the rejected entry: {!r}", delete_error)
+
+    async def arejected(self, key: Any, exc: Exception) -> None:
+        """`rejected` for async-native engines: the entry is dropped through `adelete`, so
+        the event loop never waits on a blocking client."""
+        self._report_rejected(exc)
+        try:
+            await self.adelete(key)  # type: ignore[attr-defined]  # async-native engines only
+        except Exception as delete_error:
+            from twat_cache.logging import logger
+
             logger.warning("could not drop the rejected entry: {!r}", delete_error)
 
 

@@ -307,13 +307,22 @@ class RedisEngine(SerializingEngine):
     def _full(self, key: Any) -> str:
         return self._prefix + self.key_text(key)
 
-    def _decode(self, key: str, payload: bytes | None, default: Any) -> Any:
+    def _decode(self, key: Any, payload: bytes | None, default: Any) -> Any:
         if payload is None:
             return default
         try:
             return self.serializer.loads(payload)
         except PayloadError as exc:
             self.rejected(key, exc)
+            return default
+
+    async def _adecode(self, key: Any, payload: bytes | None, default: Any) -> Any:
+        if payload is None:
+            return default
+        try:
+            return self.serializer.loads(payload)
+        except PayloadError as exc:
+            await self.arejected(key, exc)
             return default
 
     def _ttl_ms(self, ttl: float | None) -> int:
@@ -405,7 +414,7 @@ class RedisEngine(SerializingEngine):
             )
         else:
             payload = await self._acall(client.get, full)
-        return self._decode(key, payload, default)
+        return await self._adecode(key, payload, default)
 
     async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
         _, scripts = await self._aclient()
