@@ -1,8 +1,10 @@
 # twat-cache developer tasks. Only `python3` is needed: the first target run builds .venv.
-#   make demo    a short tour of the decorators (scripts/demo.py)
+#   make demo    a short tour of the decorators (twat_cache/_demo.py, also `twat-cache demo`)
 #   make test    the whole test suite (extra pytest options: make test PYTEST_ARGS="-x -k ttl")
 #   make lint    ruff format --check, ruff check, mypy --strict
-#   make bench   benchmarks against functools and peer libraries (BENCH_ARGS="--quick")
+#   make bench   benchmarks against functools and peer libraries (BENCH_ARGS="--quick");
+#                the Redis workloads start their own redis-server when one is on PATH
+#                (apt-get install redis-server) and are skipped, with a note, when not
 #   make clean   remove .venv, caches and build artefacts
 
 PYTHON ?= python3

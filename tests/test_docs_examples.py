@@ -4,6 +4,11 @@ Each page's ```python blocks run in order, in one fresh interpreter, as if conca
 one script (later blocks see what earlier ones defined); blocks that are doctest sessions
 (`>>>` lines) are checked with doctest in the same namespace. Pages are found by glob, so a
 new page joins automatically. Tracebacks point at the Markdown file and line.
+
+Examples that need a Redis server read its URL from `$TWAT_CACHE_REDIS_URL`: a page whose
+examples name that variable runs with it pointing at the suite's private redis-server
+(tests/_redis.py: skipped when the binary is missing, failed under CI=true), emptied first.
+Other pages run without the variable, whatever the calling shell has set.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+
+from twat_cache.config import REDIS_URL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -97,21 +104,25 @@ def page_id(page: Path) -> str:
     return page.relative_to(ROOT).as_posix()
 
 
+def needs_redis(blocks: list[Block]) -> bool:
+    """Whether a page's examples read the Redis server's URL from the environment."""
+    return any(REDIS_URL_ENV in block.source for block in blocks)
+
+
 def _page_params() -> list[object]:
-    return [
-        pytest.param(
-            page,
-            id=page_id(page),
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BROKEN[page_id(page)])]
-            if page_id(page) in KNOWN_BROKEN
-            else [],
-        )
-        for page in PAGES
-    ]
+    params: list[object] = []
+    for page in PAGES:
+        marks: list[pytest.MarkDecorator] = []
+        if page_id(page) in KNOWN_BROKEN:
+            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_BROKEN[page_id(page)]))
+        if needs_redis(python_blocks(page.read_text(encoding="utf-8"))):
+            marks.append(pytest.mark.redis)
+        params.append(pytest.param(page, id=page_id(page), marks=marks))
+    return params
 
 
 @pytest.mark.parametrize("page", _page_params())
-def test_page_examples_run(page: Path, tmp_path: Path) -> None:
+def test_page_examples_run(page: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     name = page_id(page)
     blocks = python_blocks(page.read_text(encoding="utf-8"))
     if not blocks:
@@ -130,6 +141,10 @@ def test_page_examples_run(page: Path, tmp_path: Path) -> None:
     )
     env = {**os.environ, "TWAT_CACHE_DIR": str(root)}
     env.pop("TWAT_CACHE_DEBUG", None)
+    env.pop(REDIS_URL_ENV, None)
+    if needs_redis(blocks):
+        # The fixture skips without redis-server (fails under CI=true) and empties the server.
+        env[REDIS_URL_ENV] = request.getfixturevalue("redis_url")
     result = subprocess.run(
         [sys.executable, "-c", RUNNER, str(spec)],
         cwd=work,
@@ -145,6 +160,13 @@ def test_page_examples_run(page: Path, tmp_path: Path) -> None:
             f"--- stderr ---\n{result.stderr}\n--- stdout ---\n{result.stdout}",
             pytrace=False,
         )
+
+
+def test_redis_pages_are_found() -> None:
+    on_server = Block(1, 1, f'url = os.environ["{REDIS_URL_ENV}"]\n', doctest=False)
+    local = Block(2, 5, "x = 1\n", doctest=False)
+    assert needs_redis([local, on_server])
+    assert not needs_redis([local])
 
 
 def test_block_extraction() -> None:

@@ -61,6 +61,11 @@ class UniversalOptions(TypedDict, total=False):
     version: str | int | None
     use_sql: bool
     mmap_mode: Literal["r", "r+", "c"] | None
+    timeout: float | timedelta | str
+    cooldown: float | timedelta | str
+    lease: float | timedelta | str
+    l1_maxsize: int | None
+    l1_ttl: float | timedelta | str | None
 
 
 class CommonOptions(UniversalOptions, total=False):
