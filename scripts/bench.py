@@ -27,6 +27,14 @@ may mix store rows (``mode="miss"``) and load rows, each paired with its own
 ``ctx.folder()``/``ctx.dir()`` give every adapter a new place on the same disk.
 An ``ours`` row names the ``engine`` it must be served by, so a silent fallback
 (to memory, to klepto) is an error, never a figure under the wrong name.
+
+Redis workloads (``server=True``: redis_hit, redis_async_hit, redis_l1_hit) run against
+the bench's OWN redis-server, started on a free local port in a temporary directory
+(no persistence) and stopped at exit; without the ``redis-server`` binary their rows are
+skipped with a note saying how to get it. redis_down needs no server: its cache points at
+a local port that refuses connections. Peers that cannot report hits and misses wrap
+``ctx.counted(fn)``: a hit sample in which the function ran is an error, as for ours.
+A ``Target`` with ``op="add"`` bounds a difference (ours - ref, ns/call), not a ratio.
 """
 
 from __future__ import annotations
@@ -42,14 +50,19 @@ import inspect
 import json
 import operator
 import os
+import pickle
 import platform
 import re
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter_ns
@@ -62,6 +75,8 @@ NMIXED = 8  # distinct warm argument sets of the mixed workload
 NDISK = 100  # warm keys of the disk_hit workload
 ARRAY_BYTES = 50 * 2**20  # the file_array workload's float64 array
 TIMES = "\u00d7"  # the multiplication sign of the report, kept out of the source
+MICRO = "\u00b5s"  # microseconds, likewise
+NREMOTE = 1000  # warm keys of the Redis workloads
 
 # --------------------------------------------------------------------------
 # the cached functions: each adapter wraps its own copy (own __qualname__) so
@@ -140,7 +155,8 @@ def mixed_argsets() -> list[tuple[Any, ...]]:
 
 @dataclass
 class Target:
-    """``le``: ours_ns / ref_ns <= bound.  ``ge``: ref_ns / ours_ns >= bound."""
+    """``le``: ours_ns / ref_ns <= bound.  ``ge``: ref_ns / ours_ns >= bound.
+    ``add``: ours_ns - ref_ns <= bound (ns per call: the latency ours adds)."""
 
     ours: str
     ref: str
@@ -186,6 +202,8 @@ class Workload:
     prefault: Callable[[], Any] | None = None  # run untimed right before each sample
     notes: list[str] = field(default_factory=list)  # printed under the table's title
     compare: list[tuple[str, str]] = field(default_factory=list)  # extra paired ratios a / b
+    server: bool = False  # runs against the bench's own redis-server (skipped without one)
+    rewarm: bool = False  # one untimed pass over the items before every sample (short ttls)
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -234,6 +252,27 @@ class Ctx:
     label: str = ""
     closers: list[Callable[[], Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # where this adapter's files live
+    computed: list[int] = field(default_factory=lambda: [0])  # runs of a `counted` function
+    notes: list[str] = field(default_factory=list)  # what the factory saw, shown on its row
+
+    def counted(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A fresh copy of `fn` that counts its runs in `computed`: for peers without
+        hit/miss counters, so that a hit sample in which the function ran is caught. The
+        count is paid on a miss only; ``__wrapped__`` keeps the signature (key templates)."""
+        inner, computed = fresh(fn), self.computed
+        if inspect.iscoroutinefunction(fn):
+
+            async def arun(*args: Any, **kwargs: Any) -> Any:
+                computed[0] += 1
+                return await inner(*args, **kwargs)
+
+            return functools.wraps(inner)(arun)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            computed[0] += 1
+            return inner(*args, **kwargs)
+
+        return functools.wraps(inner)(run)
 
     def folder(self) -> str:
         """A new folder name under the bench's own cache root, unique to this adapter,
@@ -286,6 +325,125 @@ def mod(name: str) -> types.ModuleType:
 
 def _ident(x: Any) -> Any:
     return x
+
+
+# --------------------------------------------------------------------------
+# the bench's own redis-server (start logic as in tests/_redis.py)
+# --------------------------------------------------------------------------
+
+REDIS_STARTUP = 10.0  # seconds for the started server to answer PING
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class BenchRedis:
+    """One private redis-server on 127.0.0.1 for the Redis workloads: a free port, a
+    temporary directory, no persistence; `url` is None (and `reason` says why) when it
+    could not be started, and the Redis workloads are then skipped."""
+
+    def __init__(self) -> None:
+        self.url: str | None = None
+        self.port = 0
+        self.version = ""
+        self.reason = "the Redis workloads were not selected"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.directory: str | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            self.reason = "redis-server not found on PATH (apt-get install redis-server)"
+            return
+        for _attempt in range(3):  # a free port can be taken meanwhile: another one
+            self.directory = tempfile.mkdtemp(prefix="twat-cache-bench-redis-")
+            self.port = free_port()
+            try:
+                self._launch(binary)
+            except RuntimeError as e:
+                self.reason = f"redis-server did not start: {e}"
+                self.stop()
+                continue
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            self.reason = ""
+            info = self.command("INFO", "server").decode(errors="replace")
+            found = re.search(r"redis_version:(\S+)", info)
+            self.version = found.group(1) if found else "?"
+            return
+
+    def _launch(self, binary: str) -> None:
+        assert self.directory is not None
+        log = os.path.join(self.directory, "redis.log")
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", self.directory,
+                    "--daemonize", "no",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        deadline = time.monotonic() + REDIS_STARTUP
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                with open(log, errors="replace") as fh:
+                    raise RuntimeError(f"exited on port {self.port}: {fh.read()[-300:]}")
+            with contextlib.suppress(OSError):
+                if self.command("PING") == b"+PONG":
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(f"no answer to PING on port {self.port} in {REDIS_STARTUP:.0f} s")
+
+    def command(self, *args: str) -> bytes:
+        """One command (inline protocol); the reply's first line, or a bulk reply's body."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+            conn.sendall(" ".join(args).encode() + b"\r\n")
+            reply = b""
+            while True:
+                chunk = conn.recv(65536)
+                reply += chunk
+                if not chunk or (reply.endswith(b"\r\n") and self._complete(reply)):
+                    break
+        return reply.split(b"\r\n", 1)[1].strip() if reply[:1] == b"$" else reply.strip()
+
+    @staticmethod
+    def _complete(reply: bytes) -> bool:
+        if reply[:1] != b"$":
+            return True
+        head, _, body = reply.partition(b"\r\n")
+        return len(body) >= int(head[1:]) + 2
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+        self.url = None
+
+
+SERVER = BenchRedis()
+
+
+def redis_url() -> str:
+    if SERVER.url is None:  # the runner skips server workloads before any factory runs
+        raise RuntimeError(SERVER.reason)
+    return SERVER.url
 
 
 # --------------------------------------------------------------------------
@@ -882,6 +1040,471 @@ def _joblib_load(ctx: Ctx) -> Any:
     return _joblib_memory(ctx)
 
 
+# ---- ucache, disabled() and cache_refresh on the memory hit path ------------------------
+
+MEMORY_ENGINE = "cachebox"  # the first link of the memory chain (installed by the `all` extra)
+UC_MCACHE = "mcache (bare)"
+UC_UCACHE = "ucache (bare)"
+UC_DISABLED = "mcache after a disabled() block"
+UC_REFRESH = "mcache after cache_refresh()"
+
+workload(
+    Workload(
+        "ucache_hit",
+        "sync hit: @ucache and @mcache on f(x: int) -> int, 1000 warm keys, default maxsize",
+        mode="hit",
+        loop="call",
+        is_async=False,
+        baseline=UC_MCACHE,
+        maxsize=None,  # the decorators' default bound (1024 entries) holds the 1000 keys
+        items=lambda: list(range(NKEYS)),
+        expect=work,
+        rounds=(15, 3),  # shorter samples, more rounds: finer pairing on a busy machine
+        calls=(100_000, 20_000),
+        targets=[
+            Target(UC_UCACHE, UC_MCACHE, "le", 1.1),
+            Target(UC_DISABLED, UC_MCACHE, "le", 1.05),
+            Target(UC_REFRESH, UC_MCACHE, "le", 1.05),
+        ],
+        notes=[
+            "the disabled()/cache_refresh rows are set up first: their wrappers have served",
+            "a call inside a `with disabled():` block (or a cache_refresh) before timing; the",
+            "plain mcache and ucache rows are decorated after every block has closed",
+        ],
+    )
+)
+
+
+# Registered before the fresh rows on purpose: opening a disabled() block swaps the reader
+# of every wrapper that exists at that moment, so a "fresh" wrapper must be made after it.
+@adapter("ucache_hit", UC_DISABLED, role="ref", ours=True, engine=MEMORY_ENGINE)
+def _mcache_after_disabled(ctx: Ctx) -> Any:
+    twat = tw()
+    f = twat.mcache(fresh(work))
+    f(-1)
+    with twat.disabled():
+        if f(-1) != work(-1) or f.cache_info().misses != 2:
+            raise SanityError("the call inside disabled() did not bypass the cache")
+    return f
+
+
+@adapter("ucache_hit", UC_REFRESH, role="ref", ours=True, engine=MEMORY_ENGINE)
+def _mcache_after_refresh(ctx: Ctx) -> Any:
+    f = tw().mcache(fresh(work))
+    f(-1)
+    if f.cache_refresh(-1) != work(-1):
+        raise SanityError("cache_refresh returned a wrong value")
+    return f
+
+
+@adapter("ucache_hit", UC_MCACHE, role="baseline", ours=True, engine=MEMORY_ENGINE)
+def _mcache_bare(ctx: Ctx) -> Any:
+    return tw().mcache(fresh(work))
+
+
+@adapter("ucache_hit", UC_UCACHE, role="ours", ours=True, engine=MEMORY_ENGINE)
+def _ucache_bare(ctx: Ctx) -> Any:
+    return tw().ucache(fresh(work))
+
+
+@adapter("ucache_hit", "functools.lru_cache(maxsize=1024)", role="ref")
+def _lru_ucache(ctx: Ctx) -> Any:
+    return functools.lru_cache(maxsize=MAXSIZE)(fresh(work))
+
+
+# ---- Redis: hits on the bench's own server --------------------------------------------
+
+REDIS_ENGINE = "redis"
+RAW_SYNC = "raw: redis.Redis.get + pickle.loads"
+RAW_ASYNC = "raw: redis.asyncio.Redis.get + pickle.loads"
+RAW_TOUCH = "raw: EVALSHA of ucache's lru hit script + pickle.loads"
+R_UCACHE = "ucache(url=...)"
+R_FIFO = 'ucache(url=..., policy="fifo")'
+R_INSECURE = "ucache(url=..., secure=False)"
+R_ACACHE = "acache(url=...)"
+R_CASHEWS = 'cashews @cache(ttl="1h") on redis://'
+R_AIOCACHE = "aiocache.cached(RedisCache, PickleSerializer)"
+R_AIOCACHE_NO_TIMEOUT = "aiocache.cached(RedisCache, PickleSerializer, timeout=None)"
+_R_NOTES = [
+    "every row reads the same local redis-server (started by the bench, no persistence);",
+    "values are the function's ints, pickled; ours are signed (HMAC) unless secure=False.",
+    "ucache's default policy (lru) keeps a per-cache index on the server: a hit is one",
+    "EVALSHA (GET + index touch) instead of a GET; policy='fifo' hits are a plain GET",
+]
+_SPACES = [0]
+
+
+def _space(tag: str) -> str:
+    """A key prefix (namespace) on the server of its own for one peer row."""
+    _SPACES[0] += 1
+    return f"bench:{tag}{_SPACES[0]}"
+
+
+workload(
+    Workload(
+        "redis_hit",
+        f"sync Redis hit: f(x: int) -> int, {NREMOTE} warm keys on a local redis-server",
+        mode="hit",
+        loop="call",
+        is_async=False,
+        baseline=RAW_SYNC,
+        maxsize=None,
+        items=lambda: list(range(NREMOTE)),
+        expect=work,
+        rounds=(15, 3),
+        calls=(2_000, 1_000),
+        server=True,
+        targets=[Target(R_UCACHE, RAW_SYNC, "le", 1.3)],
+        notes=_R_NOTES,
+        compare=[(R_UCACHE, R_FIFO), (R_UCACHE, R_INSECURE), (R_UCACHE, RAW_TOUCH)],
+    )
+)
+workload(
+    Workload(
+        "redis_async_hit",
+        f"async Redis hit: async def f(x: int) -> int, {NREMOTE} warm keys, one event loop",
+        mode="hit",
+        loop="call",
+        is_async=True,
+        baseline=RAW_ASYNC,
+        maxsize=None,
+        items=lambda: list(range(NREMOTE)),
+        expect=work,
+        rounds=(15, 3),
+        calls=(2_000, 1_000),
+        server=True,
+        targets=[
+            Target(R_UCACHE, RAW_ASYNC, "le", 1.3),
+            Target(R_UCACHE, R_CASHEWS, "ge", 1.0),
+            Target(R_UCACHE, R_AIOCACHE, "ge", 1.0),
+            Target(R_UCACHE, R_AIOCACHE_NO_TIMEOUT, "ge", 1.0),
+        ],
+        notes=[
+            *_R_NOTES,
+            "(aiocache.cached wraps each get in asyncio.wait_for unless timeout=None)",
+        ],
+        compare=[
+            (R_UCACHE, R_FIFO),
+            (R_ACACHE, R_UCACHE),
+            (R_UCACHE, RAW_TOUCH),
+            (R_CASHEWS, R_FIFO),
+            (R_AIOCACHE, R_FIFO),
+            (R_AIOCACHE_NO_TIMEOUT, R_FIFO),
+        ],
+    )
+)
+
+
+def _raw_names(items: list[Any]) -> dict[Any, str]:
+    """Key names for a raw client's values, apart from every other row's."""
+    space = _space("raw")
+    return {k: f"{space}:{k}" for k in items}
+
+
+def _fill_raw(names: dict[Any, str]) -> None:
+    client = mod("redis").Redis.from_url(redis_url())
+    try:
+        for k, name in names.items():
+            client.set(name, pickle.dumps(work(k), protocol=pickle.HIGHEST_PROTOCOL))
+    finally:
+        client.close()
+
+
+@adapter("redis_hit", RAW_SYNC, role="baseline", needs=("redis",))
+def _raw_redis(ctx: Ctx) -> Any:
+    client = mod("redis").Redis.from_url(redis_url())
+    ctx.closers.append(client.close)
+    names = _raw_names(ctx.items)
+    _fill_raw(names)
+    get, loads = client.get, pickle.loads
+
+    def raw(k: int) -> Any:  # the floor: one GET of a ready key name, one unpickling
+        return loads(get(names[k]))
+
+    return raw
+
+
+def _touch_script() -> str:
+    """The Lua script a hit of ucache's default (lru) Redis cache runs: GET plus the index
+    touch. Private to the engine; read here so that the row times exactly that script."""
+    source = getattr(mod("twat_cache.engines.redis"), "_TOUCH", None)
+    if not isinstance(source, str):
+        raise RuntimeError("twat_cache.engines.redis has no _TOUCH script any more")
+    return source
+
+
+def _raw_touch_names(ctx: Ctx) -> tuple[dict[Any, str], str]:
+    """Raw values under key names of their own, and an index holding them, as the lru
+    cache's is (a sorted set of its keys), so that the script does the whole touch."""
+    names = _raw_names(ctx.items)
+    _fill_raw(names)
+    index = names[ctx.items[0]].rsplit(":", 1)[0] + "#index"
+    client = mod("redis").Redis.from_url(redis_url())
+    try:
+        client.zadd(index, {name: 0 for name in names.values()})
+    finally:
+        client.close()
+    return names, index
+
+
+@adapter("redis_hit", RAW_TOUCH, role="ref", needs=("redis",))
+def _raw_redis_touch(ctx: Ctx) -> Any:
+    client = mod("redis").Redis.from_url(redis_url())
+    ctx.closers.append(client.close)
+    script = client.register_script(_touch_script())
+    names, index = _raw_touch_names(ctx)
+    loads = pickle.loads
+
+    def raw(k: int) -> Any:
+        return loads(script(keys=(names[k], index), args=("lru",)))
+
+    return raw
+
+
+@adapter("redis_async_hit", RAW_TOUCH, role="ref", needs=("redis",))
+def _raw_aredis_touch(ctx: Ctx) -> Any:
+    client = mod("redis.asyncio").Redis.from_url(redis_url())
+    loop = asyncio.get_running_loop()
+    ctx.closers.append(lambda: loop.run_until_complete(client.aclose()))
+    script = client.register_script(_touch_script())
+    names, index = _raw_touch_names(ctx)
+    loads = pickle.loads
+
+    async def raw(k: int) -> Any:
+        return loads(await script(keys=(names[k], index), args=("lru",)))
+
+    return raw
+
+
+def _closing_engine(ctx: Ctx, f: Any) -> Any:
+    """Close the engine's clients when the workload is done (async ones in their loop)."""
+    engine = f.cache_engine
+    if ctx.wl.is_async:
+        loop = asyncio.get_running_loop()  # factories of async workloads run in its loop
+        ctx.closers.append(lambda: loop.run_until_complete(engine.aclose()))
+    else:
+        ctx.closers.append(engine.close)
+    return f
+
+
+def _remote(ctx: Ctx, decorator: str = "ucache", **options: Any) -> Any:
+    fn = awork if ctx.wl.is_async else work
+    deco = getattr(tw(), decorator)(url=redis_url(), **options)
+    return _closing_engine(ctx, deco(fresh(fn)))
+
+
+@adapter(
+    ["redis_hit", "redis_async_hit"],
+    R_UCACHE,
+    role="ours",
+    ours=True,
+    needs=("redis",),
+    engine=REDIS_ENGINE,
+)
+def _ucache_redis(ctx: Ctx) -> Any:
+    return _remote(ctx)
+
+
+@adapter(
+    ["redis_hit", "redis_async_hit"],
+    R_FIFO,
+    role="ref",
+    ours=True,
+    needs=("redis",),
+    engine=REDIS_ENGINE,
+    note="a hit is one GET (no index touch)",
+)
+def _ucache_redis_fifo(ctx: Ctx) -> Any:
+    return _remote(ctx, policy="fifo")
+
+
+@adapter(
+    "redis_hit",
+    R_INSECURE,
+    role="ref",
+    ours=True,
+    needs=("redis",),
+    engine=REDIS_ENGINE,
+    note="unsigned: the difference to ucache(url=...) is the signing cost",
+)
+def _ucache_redis_insecure(ctx: Ctx) -> Any:
+    return _remote(ctx, secure=False)
+
+
+@adapter("redis_async_hit", RAW_ASYNC, role="baseline", needs=("redis",))
+def _raw_aredis(ctx: Ctx) -> Any:
+    client = mod("redis.asyncio").Redis.from_url(redis_url())
+    loop = asyncio.get_running_loop()
+    ctx.closers.append(lambda: loop.run_until_complete(client.aclose()))
+    names = _raw_names(ctx.items)
+    _fill_raw(names)
+    get, loads = client.get, pickle.loads
+
+    async def raw(k: int) -> Any:
+        return loads(await get(names[k]))
+
+    return raw
+
+
+@adapter("redis_async_hit", R_ACACHE, role="ref", ours=True, needs=("redis",), engine=REDIS_ENGINE)
+def _acache_redis(ctx: Ctx) -> Any:
+    return _remote(ctx, "acache")
+
+
+@adapter("redis_async_hit", R_CASHEWS, needs=("cashews", "redis"))
+def _cashews_redis(ctx: Ctx) -> Any:
+    cache = mod("cashews").Cache()
+    cache.setup(redis_url())  # its keys name the function (a fresh qualname) and x
+    loop = asyncio.get_running_loop()
+    ctx.closers.append(lambda: loop.run_until_complete(cache.close()))
+    return cache(ttl="1h")(ctx.counted(awork))
+
+
+def _aiocache_redis(ctx: Ctx, **options: Any) -> Any:
+    ai = mod("aiocache")
+    f = ai.cached(
+        cache=ai.RedisCache,
+        serializer=mod("aiocache.serializers").PickleSerializer(),
+        endpoint="127.0.0.1",
+        port=SERVER.port,
+        namespace=_space("aiocache"),
+        **options,
+    )(ctx.counted(awork))
+    cache = f.cache  # the decorator's cache instance, made at decoration
+    loop = asyncio.get_running_loop()
+    ctx.closers.append(lambda: loop.run_until_complete(cache.close()))
+    return f
+
+
+@adapter("redis_async_hit", R_AIOCACHE, needs=("aiocache", "redis"))
+def _aiocache_redis_default(ctx: Ctx) -> Any:
+    return _aiocache_redis(ctx)
+
+
+@adapter("redis_async_hit", R_AIOCACHE_NO_TIMEOUT, needs=("aiocache", "redis"))
+def _aiocache_redis_no_timeout(ctx: Ctx) -> Any:
+    return _aiocache_redis(ctx, timeout=None)
+
+
+# ---- Redis behind the in-process tier ----------------------------------------------------
+
+L1_UCACHE = 'ucache(url=..., l1_maxsize=1024, l1_ttl="5s")'
+L1_MCACHE = "mcache(maxsize=1024)"
+L1_MCACHE_TTL = 'mcache(maxsize=1024, ttl="5s")'
+
+workload(
+    Workload(
+        "redis_l1_hit",
+        f"sync hit of the in-process tier in front of Redis: f(x: int) -> int, {NKEYS} warm keys",
+        mode="hit",
+        loop="call",
+        is_async=False,
+        baseline=L1_MCACHE,
+        maxsize=None,
+        items=lambda: list(range(NKEYS)),
+        expect=work,
+        rounds=(15, 3),
+        calls=(100_000, 20_000),
+        server=True,
+        rewarm=True,
+        targets=[Target(L1_UCACHE, L1_MCACHE, "le", 1.2)],
+        compare=[(L1_UCACHE, L1_MCACHE_TTL)],
+        notes=[
+            "a repeated hit: before every sample one untimed pass over the keys refills the",
+            "tier entries its 5 s ttl has expired (from Redis); the timed calls are tier hits",
+        ],
+    )
+)
+
+
+@adapter("redis_l1_hit", L1_MCACHE, role="baseline", ours=True, engine=MEMORY_ENGINE)
+def _mcache_l1_ref(ctx: Ctx) -> Any:
+    return tw().mcache(maxsize=MAXSIZE)(fresh(work))
+
+
+@adapter("redis_l1_hit", L1_UCACHE, role="ours", ours=True, needs=("redis",), engine=REDIS_ENGINE)
+def _ucache_l1(ctx: Ctx) -> Any:
+    f = _remote(ctx, l1_maxsize=MAXSIZE, l1_ttl="5s")
+    ctx.notes.append(f"tier engine={f.cache_l1_engine.name}")
+    return f
+
+
+@adapter(
+    "redis_l1_hit",
+    L1_MCACHE_TTL,
+    role="ref",
+    ours=True,
+    engine=MEMORY_ENGINE,
+    note="the tier's own configuration, without Redis behind it",
+)
+def _mcache_l1_ttl(ctx: Ctx) -> Any:
+    return tw().mcache(maxsize=MAXSIZE, ttl="5s")(fresh(work))
+
+
+# ---- Redis down: the cost of a call while the circuit breaker is open -------------------
+
+DOWN_BARE = "bare function (no cache)"
+DOWN_UCACHE = 'ucache(url=<refused port>, cooldown="1h")'
+DOWN_OPENING_CALLS = 5  # FAILURES_TO_OPEN (3) and then some
+
+workload(
+    Workload(
+        "redis_down",
+        "sync call with Redis down (connection refused), circuit breaker open: "
+        "f(x: int) -> int, new keys",
+        mode="miss",
+        loop="call",
+        is_async=False,
+        baseline=DOWN_BARE,
+        maxsize=None,
+        items=lambda: [],
+        expect=work,
+        calls=(50_000, 5_000),
+        fill=100,
+        targets=[Target(DOWN_UCACHE, DOWN_BARE, "add", 1e6)],
+        notes=[
+            "the cache's url is a local port bound by the bench but not listening (refused);",
+            f"{DOWN_OPENING_CALLS} untimed calls open its circuit breaker (the one "
+            "CacheFaultWarning is caught);",
+            "each timed call then skips Redis and runs the function. The target bounds the",
+            "latency added per call: ours - bare, paired per round",
+        ],
+    )
+)
+
+
+@adapter("redis_down", DOWN_BARE, role="baseline")
+def _bare(ctx: Ctx) -> Any:
+    return fresh(work)
+
+
+@adapter("redis_down", DOWN_UCACHE, role="ours", ours=True, needs=("redis",), engine=REDIS_ENGINE)
+def _ucache_down(ctx: Ctx) -> Any:
+    refusing = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    refusing.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused, and
+    ctx.closers.append(refusing.close)  # no other process can take the port meanwhile
+    port = refusing.getsockname()[1]
+    twat = tw()
+    f = twat.ucache(url=f"redis://127.0.0.1:{port}/0", cooldown="1h")(fresh(work))
+    ctx.closers.append(f.cache_engine.close)
+    fault = mod("twat_cache.exceptions").CacheFaultWarning
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for k in range(-DOWN_OPENING_CALLS, 0):
+            if f(k) != work(k):
+                raise SanityError(f"wrong result with Redis down for {k}")
+    faults = [w for w in seen if issubclass(w.category, fault)]
+    others = [w for w in seen if not issubclass(w.category, fault)]
+    if others:
+        raise SanityError(f"unexpected warning: {others[0].category.__name__}: {others[0].message}")
+    ctx.notes.append(f"{len(faults)} CacheFaultWarning caught while opening the breaker")
+    # The breaker's state is private; read it when it is there, to be sure it is open.
+    breaker = getattr(f.cache_engine, "_breaker", None)
+    if breaker is not None and not getattr(breaker, "open_until", 0) > time.monotonic():
+        raise SanityError("the circuit breaker is not open after the failed calls")
+    return f
+
+
 # --------------------------------------------------------------------------
 # timed loops
 # --------------------------------------------------------------------------
@@ -945,6 +1568,7 @@ class Row:
     error: str = ""
     warnings: list[str] = field(default_factory=list)
     ratios: dict[int, float] = field(default_factory=dict)  # round -> ns / baseline ns
+    notes: list[str] = field(default_factory=list)  # what its factory reported
 
     @property
     def median(self) -> float | None:
@@ -961,6 +1585,7 @@ class State:
     calls: int
     mode: str
     paths: list[str]
+    computed: list[int]  # runs of the adapter's `ctx.counted` function, if it has one
 
 
 def _missing(needs: tuple[str, ...]) -> str | None:
@@ -1028,6 +1653,7 @@ class Runner:
         self.ctxs.append(ctx)
         try:
             subject = self.drive(_call_in_loop(ad.factory, ctx)) if self.loop else ad.factory(ctx)
+            row.notes = ctx.notes
             timed = make_loop(shape, wl.is_async, ad.name)
             engine = _cache_attr(subject, shape, "cache_engine")
             if engine is not None:
@@ -1039,7 +1665,7 @@ class Runner:
             if ad.ours and info is None:
                 raise SanityError("no cache_info() on the decorated function")
             calls = max(1, int(self.calls * ad.scale))
-            st = State(row, subject, timed, shape, info, calls, mode, ctx.paths)
+            st = State(row, subject, timed, shape, info, calls, mode, ctx.paths, ctx.computed)
             if mode == "hit":
                 self.drive(timed(subject, items, 1))  # cold pass: stores every key
                 for item in items[:: max(1, len(items) // 25)]:
@@ -1062,7 +1688,10 @@ class Runner:
 
     def sample(self, st: State, items: list[Any]) -> float:
         wl = self.wl
+        if wl.rewarm and st.mode == "hit":
+            self.drive(st.timed(st.subject, items, 1))
         before = self.info(st)
+        computed = st.computed[0]
         if st.mode == "hit":
             passes = max(1, round(st.calls / len(items)))
             keys: Sequence[Any] = items
@@ -1085,6 +1714,9 @@ class Runner:
         after = self.info(st)
         if before is not None and after is not None:
             self.check(st, before, after, n)
+        ran = st.computed[0] - computed
+        if st.mode == "hit" and ran:
+            raise SanityError(f"hit loop of {n} calls ran the function {ran} times")
         return float(elapsed) / n
 
     def check(self, st: State, before: Any, after: Any, n: int) -> None:
@@ -1106,6 +1738,8 @@ class Runner:
 
     def run(self) -> list[Row]:
         wl = self.wl
+        if wl.server and SERVER.url is None:
+            return [Row(ad, skipped=f"skipped: {SERVER.reason}") for ad in wl.adapters]
         items = wl.items()
         rows: list[Row] = []
         states: list[State] = []
@@ -1175,6 +1809,8 @@ LIBS = [
     "cachetools",
     "asyncache",
     "aiocache",
+    "cashews",
+    "redis",
     "diskcache",
     "joblib",
     "klepto",
@@ -1248,6 +1884,7 @@ def table(wl: Workload, rows: list[Row], rounds: int, calls: int) -> list[str]:
             for x in (
                 row.engine and f"engine={row.engine}",
                 ad.note,
+                *row.notes,
                 *row.warnings,
                 row.skipped,
                 row.error and (f"ERROR {row.error}" if ad.ours else f"cannot run: {row.error}"),
@@ -1290,11 +1927,26 @@ def comparisons(wl: Workload, rows: list[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def _pair(t: Target, o: float, x: float) -> float:
+    """One round's figure for target `t` from ours (`o`) and the reference (`x`), in ns."""
+    if t.op == "add":
+        return o - x
+    return o / x if t.op == "le" else x / o
+
+
+def _figure(t: Target, v: float) -> str:
+    if t.op == "add":
+        return f"{v / 1e3:+,.2f} {MICRO}/call"
+    return f"{v:.2f}{TIMES}"
+
+
 def evaluate(wl: Workload, rows: list[Row], t: Target) -> dict[str, Any]:
     by = {r.ad.name: r for r in rows}
     ours, ref = by.get(t.ours), by.get(t.ref)
-    sym = "≤" if t.op == "le" else "≥"
-    label = f"{t.ours} / {t.ref}" if t.op == "le" else f"{t.ref} / {t.ours}"
+    sym = "≥" if t.op == "ge" else "≤"
+    label = {"le": f"{t.ours} / {t.ref}", "ge": f"{t.ref} / {t.ours}"}.get(
+        t.op, f"{t.ours} - {t.ref}"
+    )
     res: dict[str, Any] = {
         "workload": wl.name,
         "label": label,
@@ -1314,26 +1966,25 @@ def evaluate(wl: Workload, rows: list[Row], t: Target) -> dict[str, Any]:
     if problem is None and ours is not None and ref is not None:
         for r, o in ours.samples.items():
             if r in ref.samples:
-                x = ref.samples[r]
-                paired.append(o / x if t.op == "le" else x / o)
+                paired.append(_pair(t, o, ref.samples[r]))
         if not paired:
             problem = "no paired samples"
+    bound = _figure(t, t.bound)
     if problem is not None:
         status = "ERROR" if (ours is not None and ours.error) else "SKIP"
         res.update(status=status, measured=None, note=problem)
         res["line"] = (
-            f"TARGET {wl.name}: {label}  not measured "
-            f"(target {sym} {t.bound:.2f}{TIMES}) {status} ({problem})"
+            f"TARGET {wl.name}: {label}  not measured (target {sym} {bound}) {status} ({problem})"
         )
         return res
     m = statistics.median(paired)
-    ok = m <= t.bound if t.op == "le" else m >= t.bound
+    ok = m >= t.bound if t.op == "ge" else m <= t.bound
     status = "PASS" if ok else "MISS"
     res.update(status=status, measured=m, rounds=paired, min=min(paired), max=max(paired))
     res["line"] = (
-        f"TARGET {wl.name}: {label}  measured {m:.2f}{TIMES} "
-        f"(target {sym} {t.bound:.2f}{TIMES}) {status}"
-        f"   [rounds {min(paired):.2f} .. {max(paired):.2f}; engine {res['engine'] or '?'}]"
+        f"TARGET {wl.name}: {label}  measured {_figure(t, m)} (target {sym} {bound}) {status}"
+        f"   [rounds {_figure(t, min(paired))} .. {_figure(t, max(paired))}; "
+        f"engine {res['engine'] or '?'}]"
     )
     return res
 
@@ -1407,6 +2058,7 @@ def report(wl: Workload, rows: list[Row], runner: Runner) -> dict[str, Any]:
                 "skipped": r.skipped,
                 "error": r.error,
                 "warnings": r.warnings,
+                "notes": r.notes,
                 "samples_ns": [r.samples[k] for k in sorted(r.samples)],
                 "median_ns": r.median,
                 "min_ns": min(r.samples.values()) if r.samples else None,
@@ -1424,7 +2076,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse(argv)
     if cfg.list:
         for wl in WORKLOADS.values():
-            print(f"{wl.name:<14} {wl.title}")
+            print(f"{wl.name:<16} {wl.title}")
         return 0
 
     def log(msg: str) -> None:
@@ -1432,6 +2084,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     mach, vers = machine(), versions()
+    load_start = os.getloadavg()
     import_error = None
     try:
         tw()
@@ -1451,6 +2104,8 @@ def main(argv: list[str] | None = None) -> int:
         "          median over rounds, min/max over rounds; ratios are paired per round, then",
         "          the median is taken. role '*' = a twat_cache row shown for reference.",
         "          Persistent caches live in a fresh temporary TWAT_CACHE_DIR, removed at exit.",
+        f"load    : loadavg {load_start[0]:.2f} at start (other processes share the cores: a",
+        "          busy machine widens every min/max, paired ratios less so)",
     ]
     if import_error:
         out.append(f"ERROR   : twat_cache cannot be imported: {import_error}")
@@ -1458,7 +2113,17 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     targets: list[dict[str, Any]] = []
-    with private_cache_root():
+    with private_cache_root(), contextlib.ExitStack() as stack:
+        stack.callback(SERVER.stop)
+        if any(WORKLOADS[name].server for name in cfg.names):
+            SERVER.start()
+            print(
+                f"redis   : redis-server {SERVER.version} at {SERVER.url} (the bench's own, "
+                "stopped at exit)"
+                if SERVER.url
+                else f"redis   : SKIPPED: {SERVER.reason}",
+                flush=True,
+            )
         for name in cfg.names:
             wl = WORKLOADS[name]
             log(f"running {name} ...")
@@ -1472,7 +2137,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets:
         print(t["line"])
     elapsed = time.monotonic() - started
-    print(f"\n(total {elapsed:.1f} s)")
+    load_end = os.getloadavg()
+    print(f"\n(total {elapsed:.1f} s; loadavg {load_end[0]:.2f} at end)")
 
     ours_errors = [
         f"{name}: {row['adapter']}: {row['error']}"
@@ -1491,10 +2157,14 @@ def main(argv: list[str] | None = None) -> int:
                 "workloads": cfg.names,
             },
             "twat_cache_import_error": import_error,
+            "redis_server": {"version": SERVER.version, "skipped": SERVER.reason or None}
+            if any(WORKLOADS[name].server for name in cfg.names)
+            else None,
             "workloads": results,
             "targets": targets,
             "ours_errors": ours_errors,
             "elapsed_s": elapsed,
+            "loadavg": {"start": load_start, "end": load_end},
         }
         with open(cfg.json, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2)

@@ -794,12 +794,29 @@ def test_exceptions_are_propagated_not_cached(engine_factory: EngineFactory) -> 
     assert flaky.cache_info().currsize == 1
 
 
-def _stampede(function: Callable[[], Any], threads: int = 16) -> list[Any]:
+STAMPEDE_THREADS = 16
+
+
+def _all_called(called: list[int]) -> None:
+    """Inside the computation: wait until every stampeding thread has called the cached
+    function, then a little more for the last ones to reach the wait; so that on a loaded
+    machine no thread arrives after the computation ended (and computes again, rightly)."""
+    deadline = time.monotonic() + JOIN
+    while len(called) < STAMPEDE_THREADS and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
+
+
+def _stampede(
+    function: Callable[[], Any], threads: int = STAMPEDE_THREADS, called: list[int] | None = None
+) -> list[Any]:
     barrier = threading.Barrier(threads)
     outcomes: list[Any] = [None] * threads
 
     def worker(index: int) -> None:
         barrier.wait()
+        if called is not None:
+            called.append(index)
         try:
             outcomes[index] = function()
         except BaseException as exc:
@@ -816,14 +833,15 @@ def _stampede(function: Callable[[], Any], threads: int = 16) -> list[Any]:
 
 def test_thread_stampede_computes_once(engine_factory: EngineFactory) -> None:
     calls: list[int] = []
+    called: list[int] = []
 
     @engine_factory.mcache()
     def slow(x: int) -> dict[str, int]:
         calls.append(x)
-        time.sleep(0.05)
+        _all_called(called)
         return {"x": x}
 
-    outcomes = _stampede(lambda: slow(21))
+    outcomes = _stampede(lambda: slow(21), called=called)
     assert outcomes == [{"x": 21}] * 16
     assert calls == [21]
     assert slow.cache_info().misses == 1
@@ -833,17 +851,18 @@ def test_thread_stampede_computes_once(engine_factory: EngineFactory) -> None:
 
 def test_thread_stampede_shares_the_exception(engine_factory: EngineFactory) -> None:
     calls: list[int] = []
+    called: list[int] = []
     failing = [True]
 
     @engine_factory.mcache()
     def slow(x: int) -> int:
         calls.append(x)
-        time.sleep(0.05)
         if failing[0]:
+            _all_called(called)
             raise LookupError(f"no {x}")
         return x
 
-    outcomes = _stampede(lambda: slow(21))
+    outcomes = _stampede(lambda: slow(21), called=called)
     assert all(isinstance(o, LookupError) and str(o) == "no 21" for o in outcomes), outcomes
     assert calls == [21]
     failing[0] = False

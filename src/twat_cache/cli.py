@@ -354,16 +354,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--json", action="store_true", help="print JSON")
     command("demo", _demo, "a short tour of the decorators")
-    bench = command("bench", _bench, "the benchmark against functools and peer libraries")
+    bench = command(
+        "bench",
+        _bench,
+        "the benchmark against functools and peer libraries; other options (--only, --json "
+        "PATH...) are passed to scripts/bench.py",
+    )
     bench.add_argument("--quick", action="store_true", help="fewer rounds")
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="more options for scripts/bench.py")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = _parser()
-    args = parser.parse_args(argv)  # exits 2 with a one-line message on a usage error
+    # Exits 2 with a one-line message on a usage error. Options `bench` does not know are
+    # the benchmark's own: they are passed on; anywhere else they are an error.
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     if args.root:
         os.environ["TWAT_CACHE_DIR"] = args.root
     try:

@@ -92,9 +92,23 @@ def list_caches() -> list[str]:
 
 
 def clear_cache(name: str | None = None) -> None:
-    """Clear one cache by name, or every registered cache when `name` is None."""
-    for function in _live(name).values():
-        function.cache_clear()
+    """Clear one cache by name, or every registered cache when `name` is None.
+
+    Every cache is cleared even when one of them fails (a server down); then the failure
+    is raised, or a `CacheError` naming every cache that could not be cleared.
+    """
+    failures: list[tuple[str, Exception]] = []
+    for key, function in _live(name).items():
+        try:
+            function.cache_clear()
+        except Exception as exc:
+            failures.append((key, exc))
+    if len(failures) == 1:
+        raise failures[0][1]
+    if failures:
+        detail = "; ".join(f"{key}: {type(exc).__name__}: {exc}" for key, exc in failures)
+        first = failures[0][1]
+        raise CacheError(f"{len(failures)} caches could not be cleared ({detail})") from first
 
 
 def _stats(function: Any) -> dict[str, Any]:

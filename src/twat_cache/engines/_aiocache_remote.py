@@ -29,9 +29,11 @@ _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 _MEMCACHED_SCHEMES = frozenset({"memcached"})
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
-# On a server, eviction is the server's (its maxmemory-policy): only expiry is ours.
+# On a server, eviction is the server's (its maxmemory-policy): only expiry is ours. The
+# policies accepted are those the server's own eviction approximates for a cache written
+# once and read many times (lru, or by age: fifo, ttl); lfu and rr are refused.
 _REMOTE = Capabilities(
-    policies=frozenset({"lru", "ttl"}),
+    policies=frozenset({"lru", "fifo", "ttl"}),
     ttl=True,
     persistent=True,
     shared=True,

@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import redis
@@ -147,15 +147,17 @@ class _Breaker:
             self.open_until = 0.0
 
 
-_BREAKERS: dict[str, _Breaker] = {}
+_BREAKERS: dict[tuple[str, float], _Breaker] = {}
 _BREAKERS_LOCK = threading.Lock()
 
 
 def _breaker(server: str, cooldown: float) -> _Breaker:
+    # One breaker per server and cooldown: caches asking for the same cooldown share what
+    # they learn about the server; a cache asking for another one keeps its own.
     with _BREAKERS_LOCK:
-        breaker = _BREAKERS.get(server)
+        breaker = _BREAKERS.get((server, cooldown))
         if breaker is None:
-            breaker = _BREAKERS[server] = _Breaker(server, cooldown)
+            breaker = _BREAKERS[(server, cooldown)] = _Breaker(server, cooldown)
         return breaker
 
 
@@ -168,13 +170,15 @@ def _url_of(config: CacheConfig) -> str | None:
     return config.url or os.environ.get(URL_ENV) or None
 
 
-async def _closing(client: Any) -> AsyncIterator[None]:
+async def _closing(client: Any, forget: Callable[[], object]) -> AsyncIterator[None]:
     # An async generator first iterated in a loop is closed by the loop's
     # `shutdown_asyncgens()` (asyncio.run calls it): the client's connections are then
-    # closed inside their own loop, before it closes.
+    # closed inside their own loop, before it closes, and the engine forgets the loop (its
+    # entry holds the loop, which could otherwise never be collected).
     try:
         yield
     finally:
+        forget()
         await client.aclose()
 
 
@@ -192,6 +196,9 @@ class RedisEngine(SerializingEngine):
     capabilities: ClassVar[Capabilities] = Capabilities(
         policies=frozenset({"lru", "lfu", "fifo", "ttl"}),
         ttl=True,
+        # Not lfu: an expired entry would keep its hit count in the index, outrank every
+        # live one and never be evicted, shrinking the cache below its bound.
+        ttl_policies=frozenset({"lru", "fifo", "ttl"}),
         persistent=True,
         shared=True,
         thread_safe=True,
@@ -297,12 +304,16 @@ class RedisEngine(SerializingEngine):
                 name: client.register_script(source)
                 for name, source in (("store", _STORE), ("touch", _TOUCH), ("release", _RELEASE))
             }
-            closer = _closing(client)
+            closer = _closing(client, lambda: self._forget(loop))
             await closer.__anext__()
             entry = (client, scripts, closer)
             with self._loops_lock:
                 self._loops[loop] = entry
         return entry[0], entry[1]
+
+    def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._loops_lock:
+            self._loops.pop(loop, None)
 
     def _full(self, key: Any) -> str:
         return self._prefix + self.key_text(key)
