@@ -428,16 +428,25 @@ def _attach(
             "name": name,
         }
 
-    wrapper.cache_info = cache_info
-    wrapper.cache_clear = cache_clear
-    wrapper.acache_clear = acache_clear
-    wrapper.cache_delete = cache_delete
-    wrapper.acache_delete = acache_delete
-    wrapper.cache_key = key_of
-    wrapper.cache_refresh = cache_refresh
-    wrapper.cache_parameters = cache_parameters
-    wrapper.cache_engine = engine
-    wrapper.cache_name = name
+    _publish(
+        wrapper,
+        cache_info=cache_info,
+        cache_clear=cache_clear,
+        acache_clear=acache_clear,
+        cache_delete=cache_delete,
+        acache_delete=acache_delete,
+        cache_key=key_of,
+        cache_refresh=cache_refresh,
+        cache_parameters=cache_parameters,
+        cache_engine=engine,
+        cache_name=name,
+    )
+
+
+def _publish(wrapper: Any, **attributes: Any) -> None:
+    """Set the cache attributes of a cached function (`CachedFunction` lists them)."""
+    for attribute, value in attributes.items():
+        setattr(wrapper, attribute, value)
 
 
 def tier_config(config: CacheConfig) -> CacheConfig:
@@ -500,15 +509,18 @@ def wrap_tiered(
     def cache_parameters() -> dict[str, Any]:
         return {**inner.cache_parameters(), "l1_engine": engine_name(l1_engine)}
 
-    outer.__wrapped__ = func
-    outer.cache_info = cache_info
-    outer.cache_clear = cache_clear
-    outer.acache_clear = acache_clear
-    outer.cache_delete = cache_delete
-    outer.acache_delete = acache_delete
-    outer.cache_refresh = cache_refresh
-    outer.cache_key = inner.cache_key
-    outer.cache_parameters = cache_parameters
-    outer.cache_engine = engine
-    outer.cache_l1_engine = l1_engine
+    _publish(
+        outer,
+        __wrapped__=func,
+        cache_info=cache_info,
+        cache_clear=cache_clear,
+        acache_clear=acache_clear,
+        cache_delete=cache_delete,
+        acache_delete=acache_delete,
+        cache_key=inner.cache_key,
+        cache_refresh=cache_refresh,
+        cache_parameters=cache_parameters,
+        cache_engine=engine,
+        cache_l1_engine=l1_engine,
+    )
     return outer
