@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import keyword
+import typing
 from _thread import get_ident
 from collections.abc import Callable
 from typing import Any
@@ -348,9 +349,38 @@ def wrap(
     exec(compile(source, filename, "exec"), scope)  # source built above from parameter names only
     wrapper, key_of, counts = scope["__twat_factory"]()
     functools.update_wrapper(wrapper, func)
+    signature = _resolved_signature(func)
+    if signature is not None:
+        wrapper.__signature__ = signature
     _attach(wrapper, key_of, counts, state, engine, config, name, is_async)
     track(wrapper)
     return wrapper
+
+
+def _resolved_signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    """`func`'s signature with its string annotations (`from __future__ import annotations`)
+    evaluated in `func`'s module, or None when there are none or they cannot be evaluated
+    yet. The generated wrapper's globals are not the user's module, so a tool that reads
+    annotations through the wrapper's `__globals__` (FastAPI's dependency injection does)
+    would otherwise fail to resolve the user's own types."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    annotations = [p.annotation for p in signature.parameters.values()]
+    if not any(isinstance(a, str) for a in [*annotations, signature.return_annotation]):
+        return None
+    try:
+        hints = typing.get_type_hints(func, include_extras=True)
+    except Exception:  # a forward reference defined later in the module: leave the strings
+        return None
+    parameters = [
+        p.replace(annotation=hints[p.name]) if p.name in hints else p
+        for p in signature.parameters.values()
+    ]
+    return signature.replace(
+        parameters=parameters, return_annotation=hints.get("return", signature.return_annotation)
+    )
 
 
 def _reader(engine: Any, capabilities: Capabilities, is_async: bool) -> Any:

@@ -188,6 +188,7 @@ class CacheEngineManager:
                     f"({'; '.join(f'{n}: {r}' for n, r in reasons.items()) or 'none registered'}); "
                     f"using the in-memory {name!r} engine: entries will not survive the process"
                 )
+            logger.debug("engine {} serves a {} cache ({})", name, chain_kind, config.policy)
             return engine
         detail = "; ".join(f"{n}: {r}" for n, r in reasons.items()) or "no engine registered"
         raise ConfigurationError(f"no {kind} engine can serve this configuration ({detail})")

@@ -1,0 +1,1 @@
+"""Engines: one module per backend library, loaded lazily by the engine manager."""
