@@ -3,8 +3,12 @@
 #   make test    the whole test suite (extra pytest options: make test PYTEST_ARGS="-x -k ttl")
 #   make lint    ruff format --check, ruff check, mypy --strict
 #   make bench   benchmarks against functools and peer libraries (BENCH_ARGS="--quick");
-#                the Redis workloads start their own redis-server when one is on PATH
+#                writes docs/assets/bench.json and the chart docs/assets/bench.svg; the
+#                Redis workloads start their own redis-server when one is on PATH
 #                (apt-get install redis-server) and are skipped, with a note, when not
+#   make docs    the documentation site (mkdocs --strict) into site/
+#   make stress  the reliability harness: every scenario at full size, a table of figures
+#                against targets, and docs/assets/stress.json (STRESS_ARGS="--only crash")
 #   make clean   remove .venv, caches and build artefacts
 
 PYTHON ?= python3
@@ -16,9 +20,10 @@ TYPING_CHECKS := $(filter-out tests/typing/bad_%,$(wildcard tests/typing/*.py))
 # Stamps: installing is skipped until pyproject.toml changes (or the venv is removed).
 STAMP       := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+DOCS_STAMP  := $(VENV)/.installed-docs
 
 .DEFAULT_GOAL := test
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs stress clean
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
@@ -33,7 +38,13 @@ lint: $(STAMP)
 	$(if $(TYPING_CHECKS),$(BIN)/mypy $(TYPING_CHECKS))
 
 bench: $(BENCH_STAMP)
-	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+	$(BIN)/python scripts/bench.py --json docs/assets/bench.json --chart docs/assets/bench.svg $(BENCH_ARGS)
+
+stress: $(STAMP)
+	$(BIN)/python scripts/stress/run.py --json docs/assets/stress.json $(STRESS_ARGS)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Built only when .venv has no interpreter; an existing venv is reused as it is.
 $(BIN)/python:
@@ -47,12 +58,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	@touch $@
 
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[all,dev,docs]'
+	@touch $@
+
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[all,dev,bench]'
 	$(BIN)/python -m pip install --quiet --no-deps 'asyncache>=0.3'
 	@touch $@
 
 clean:
-	rm -rf $(VENV) build dist .eggs *.egg-info src/*.egg-info \
+	rm -rf $(VENV) build dist site .eggs *.egg-info src/*.egg-info \
 	  .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from typing_extensions import Self
+
+from twat_cache.engines.base import CacheEngineProtocol
 
 __all__ = [
     "BoundCachedFunction",
@@ -54,7 +56,7 @@ class CachedFunction(Protocol, Generic[P, R]):
     """
 
     __wrapped__: Callable[P, R]
-    cache_engine: Any
+    cache_engine: CacheEngineProtocol
     cache_name: str
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
@@ -63,31 +65,44 @@ class CachedFunction(Protocol, Generic[P, R]):
     async def acache_clear(self) -> None: ...
     def cache_delete(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     async def acache_delete(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
-    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Hashable: ...
     def cache_refresh(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
     def cache_parameters(self) -> dict[str, Any]: ...
 
-    # A cached method read from an instance binds it, as a function does: the type
-    # checker then sees the parameters after `self`.
-    @overload
-    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
-    @overload
+    # Reading a cached function from a class or an instance binds what Python binds. mypy
+    # hands the decorator the plain function wherever @staticmethod/@classmethod stands,
+    # then calls this `__get__` on every read, so the first parameter alone tells them apart.
+    # `self` is typed `Callable[Concatenate[_S, ...]]`: mypy leaves `_S` unsolved in the
+    # Concatenate prefix of a generic self type such as `CachedFunction[Concatenate[...]]`
+    # (then `instance: _S` accepts anything and a staticmethod gets bound), not in a
+    # callable's first parameter. Beyond types: a staticmethod whose first parameter accepts
+    # the instance or its class (`x: object`, an untyped `x`) is seen as bound.
+    @overload  # first parameter `type[C]`, read from C or an instance: a classmethod
     def __get__(
-        self: CachedFunction[Concatenate[_S, _P2], _R2],
-        instance: _S,
-        owner: type[Any] | None = None,
+        self: Callable[Concatenate[_S, _P2], _R2], instance: object, owner: _S
     ) -> BoundCachedFunction[_P2, _R2]: ...
+    @overload  # anything else read from the class: unbound
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+    @overload  # first parameter taking the instance: a method
+    def __get__(
+        self: Callable[Concatenate[_S, _P2], _R2], instance: _S, owner: type[Any] | None = None
+    ) -> BoundCachedFunction[_P2, _R2]: ...
+    @overload  # anything else read from an instance: a staticmethod
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Self: ...
     def __get__(self, instance: Any, owner: Any = None) -> Any: ...
 
 
 class CachedStaticMethod(Protocol, Generic[P, R]):
-    """A cached `staticmethod`: reading it from the class or an instance binds nothing."""
+    """A cached `staticmethod` object (``mcache(staticmethod(f))``): reading it from the
+    class or an instance binds nothing. (mypy never builds this type for a decorated
+    staticmethod: it hands the decorator the plain function; other checkers do.)"""
 
     def __get__(self, instance: object, owner: type[Any] | None = None) -> CachedFunction[P, R]: ...
 
 
 class CachedClassMethod(Protocol, Generic[P, _R_co]):
-    """A cached `classmethod`: reading it binds the class."""
+    """A cached `classmethod` object (``mcache(classmethod(f))``): reading it binds the
+    class (P excludes `cls`). (mypy hands the decorator the plain function instead.)"""
 
     def __get__(
         self, instance: object, owner: type[Any] | None = None
@@ -106,11 +121,14 @@ class CacheDecorator(Protocol):
 
 
 class BoundCachedFunction(Protocol, Generic[P, _R_co]):
-    """A cached method bound to its instance: the method's parameters after `self`, and
-    the cache attributes of the function (shared by every instance)."""
+    """A cached method bound to its instance (or a cached classmethod bound to its class):
+    the parameters after `self`/`cls`, and the cache attributes of the function, shared by
+    every instance. The per-call helpers (`cache_delete`, `cache_key`, `cache_refresh`)
+    take the full parameters: use them on the function read from the class,
+    ``Service.lookup.cache_delete(service, "k")``."""
 
     __wrapped__: Callable[..., Any]
-    cache_engine: Any
+    cache_engine: CacheEngineProtocol
     cache_name: str
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> _R_co: ...

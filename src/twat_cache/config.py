@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Callable, Hashable, Iterable
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from pydantic import (
     AliasChoices,
@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_COOLDOWN",
@@ -27,6 +28,8 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "REDIS_URL_ENV",
     "CacheConfig",
+    "ConfigOptions",
+    "KeywordOptions",
     "Policy",
     "create_cache_config",
     "parse_size",
@@ -127,6 +130,42 @@ def parse_size(value: object) -> int | ByteSize | None:
     return ByteSize(int(float(number) * _SIZE_UNITS[unit.lower()]))
 
 
+class KeywordOptions(TypedDict, total=False):
+    """What each `CacheConfig` option accepts, as typed for callers (before validation),
+    except the options `bcache`/`fcache`/`ucache` also take positionally."""
+
+    cache_engine: str | None
+    key: Callable[..., Hashable] | None
+    ignore: str | tuple[str, ...] | list[str]
+    typed: bool
+    lock: bool
+    fallback: bool
+    serializer: Literal["pickle", "json"]
+    compress: bool | Literal["zlib", "lzma"] | None
+    compression: bool | Literal["zlib", "lzma"] | None
+    secure: bool
+    name: str | None
+    url: str | None
+    version: str | int | None
+    use_sql: bool
+    mmap_mode: Literal["r", "r+", "c"] | None
+    timeout: float | timedelta | str
+    cooldown: float | timedelta | str
+    lease: float | timedelta | str
+    l1_maxsize: int | None
+    l1_ttl: float | timedelta | str | None
+
+
+class ConfigOptions(KeywordOptions, total=False):
+    """Every option `CacheConfig` accepts, as typed for callers (before validation)."""
+
+    preferred_engine: str | None
+    maxsize: int | str | None
+    ttl: float | timedelta | str | None
+    policy: Policy
+    folder_name: str | None
+
+
 class CacheConfig(BaseModel):
     """Validated settings for one cached function or one `CacheContext`.
 
@@ -141,6 +180,11 @@ class CacheConfig(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True
     )
+
+    if TYPE_CHECKING:
+        # What callers may pass (a ttl as "5m", a size as "500MB"...), not the parsed types
+        # the fields hold: type checkers see this constructor, pydantic builds the real one.
+        def __init__(self, **options: Unpack[ConfigOptions]) -> None: ...
 
     maxsize: int | None = Field(
         default=DEFAULT_MAXSIZE,

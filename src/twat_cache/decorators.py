@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Literal, TypedDict, overload
+from typing import Any, Literal, overload
 
 from typing_extensions import Unpack
 
@@ -21,7 +21,7 @@ from twat_cache._types import (
     R,
 )
 from twat_cache._wrap import tier_config, wrap, wrap_tiered
-from twat_cache.config import REDIS_URL_ENV, CacheConfig
+from twat_cache.config import REDIS_URL_ENV, CacheConfig, ConfigOptions, KeywordOptions
 from twat_cache.engines.base import capabilities_of, engine_name
 from twat_cache.engines.manager import CHAINS, get_manager
 from twat_cache.exceptions import ConfigurationError
@@ -41,31 +41,11 @@ __all__ = [
 _UNSET: Any = object()
 
 
-class UniversalOptions(TypedDict, total=False):
+class UniversalOptions(KeywordOptions, total=False):
     """Keyword options of `ucache` besides the ones it also takes positionally (folder_name,
     maxsize, ttl, policy, preferred_engine)."""
 
     config: CacheConfig
-    cache_engine: str | None
-    key: Callable[..., Any] | None
-    ignore: str | tuple[str, ...] | list[str]
-    typed: bool
-    lock: bool
-    fallback: bool
-    serializer: Literal["pickle", "json"]
-    compress: bool | Literal["zlib", "lzma"] | None
-    compression: bool | Literal["zlib", "lzma"] | None
-    secure: bool
-    name: str | None
-    url: str | None
-    version: str | int | None
-    use_sql: bool
-    mmap_mode: Literal["r", "r+", "c"] | None
-    timeout: float | timedelta | str
-    cooldown: float | timedelta | str
-    lease: float | timedelta | str
-    l1_maxsize: int | None
-    l1_ttl: float | timedelta | str | None
 
 
 class CommonOptions(UniversalOptions, total=False):
@@ -75,13 +55,10 @@ class CommonOptions(UniversalOptions, total=False):
     preferred_engine: str | None
 
 
-class CacheOptions(CommonOptions, total=False):
+class CacheOptions(ConfigOptions, total=False):
     """Keyword options every decorator accepts (the fields of `CacheConfig`, plus `config`)."""
 
-    maxsize: int | str | None
-    ttl: float | timedelta | str | None
-    policy: Literal["lru", "lfu", "fifo", "rr", "ttl"]
-    folder_name: str | None
+    config: CacheConfig
 
 
 def resolve_config(options: dict[str, Any]) -> CacheConfig:
@@ -287,6 +264,10 @@ def _persistent(
 
 
 @overload
+def bcache(folder_name: staticmethod[P, R], /) -> CachedStaticMethod[P, R]: ...  # type: ignore[overload-overlap]  # the precise overload for a staticmethod
+@overload
+def bcache(folder_name: classmethod[Any, P, R], /) -> CachedClassMethod[P, R]: ...
+@overload
 def bcache(folder_name: Callable[P, R], /) -> CachedFunction[P, R]: ...
 @overload
 def bcache(
@@ -323,6 +304,10 @@ def bcache(
     return _persistent("disk", "bcache", folder_name, positional, options)
 
 
+@overload
+def fcache(folder_name: staticmethod[P, R], /) -> CachedStaticMethod[P, R]: ...  # type: ignore[overload-overlap]  # the precise overload for a staticmethod
+@overload
+def fcache(folder_name: classmethod[Any, P, R], /) -> CachedClassMethod[P, R]: ...
 @overload
 def fcache(folder_name: Callable[P, R], /) -> CachedFunction[P, R]: ...
 @overload

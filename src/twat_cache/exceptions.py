@@ -16,11 +16,30 @@ __all__ = [
 
 
 class CacheError(Exception):
-    """Root of every error twat-cache raises itself."""
+    """Root of every error twat-cache raises itself: catch it to handle any of them.
+
+    >>> from twat_cache import CacheError, mcache
+    >>> try:
+    ...     mcache(cache_engine="no-such-engine")
+    ... except CacheError as error:
+    ...     print(type(error).__name__)
+    ConfigurationError
+    """
 
 
 class ConfigurationError(CacheError):
-    """A bad combination of settings or an unknown engine name, raised at decoration time."""
+    """A bad combination of settings or an unknown engine name, raised at decoration time.
+
+    >>> from twat_cache import ConfigurationError, mcache
+    >>> try:
+    ...
+    ...     @mcache(policy="ttl")  # expiry-driven eviction needs a ttl
+    ...     def f(x: int) -> int:
+    ...         return x
+    ... except ConfigurationError as error:
+    ...     print(error)
+    policy='ttl' needs a ttl (for example ttl='10m')
+    """
 
 
 class EngineError(CacheError):

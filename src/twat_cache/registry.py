@@ -96,6 +96,16 @@ def clear_cache(name: str | None = None) -> None:
 
     Every cache is cleared even when one of them fails (a server down); then the failure
     is raised, or a `CacheError` naming every cache that could not be cleared.
+
+    >>> from twat_cache import mcache
+    >>> @mcache(name="doc.triple")
+    ... def triple(x: int) -> int:
+    ...     return 3 * x
+    >>> triple(2), triple.cache_info().currsize
+    (6, 1)
+    >>> clear_cache("doc.triple")
+    >>> triple.cache_info().currsize
+    0
     """
     failures: list[tuple[str, Exception]] = []
     for key, function in _live(name).items():

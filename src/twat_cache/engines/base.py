@@ -33,7 +33,15 @@ __all__ = [
 
 
 class _Miss:
-    """The type of `MISS`; one instance exists."""
+    """The type of `MISS`, what `engine.get(key, MISS)` returns for an absent entry, so that
+    `None` can be a cached value; one instance exists.
+
+    >>> from twat_cache import MISS, CacheContext
+    >>> with CacheContext(engine_name="cachetools") as cache:
+    ...     cache.set("answer", None)
+    ...     cache.get("answer", MISS) is None, cache.get("question", MISS) is MISS
+    (True, True)
+    """
 
     __slots__ = ()
     _instance: ClassVar[_Miss | None] = None
