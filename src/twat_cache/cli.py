@@ -78,7 +78,7 @@ def _chosen(root: Path, folder: str | None) -> list[Path]:
 @contextmanager
 def _opened(path: Path, **overrides: Any) -> Iterator[Any]:
     """The engine of a cache folder, opened with the settings its manifest records."""
-    from twat_cache.engines.base import PersistentEngine
+    from twat_cache.engines.base import RECORD_MANIFESTS, PersistentEngine
     from twat_cache.engines.manager import get_manager
 
     manifest = PersistentEngine.read_manifest(path)
@@ -88,15 +88,22 @@ def _opened(path: Path, **overrides: Any) -> Iterator[Any]:
             f"twat-cache, or not a cache folder): remove {path} by hand if you want it gone"
         )
     name = manifest["engine"]
+    token = RECORD_MANIFESTS.set(False)  # the folder keeps the settings it was opened with
     try:
         config = CacheConfig(folder_name=path.name, **{**manifest["settings"], **overrides})
         engine = get_manager().load(name)(config)
     except (CacheError, ValueError, TypeError, OSError) as exc:
         raise UserError(f"{path.name}: the {name} cache cannot be opened: {exc}") from None
+    finally:
+        RECORD_MANIFESTS.reset(token)
     try:
         yield engine
     finally:
         engine.close()
+
+
+def _entries(count: int) -> str:
+    return f"{count} entry" if count == 1 else f"{count} entries"
 
 
 def _when(timestamp: float | None) -> str:
@@ -239,7 +246,11 @@ def _stats(args: argparse.Namespace) -> int:
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         raise UserError(f"{question} needs confirmation: pass --yes (stdin is not a terminal)")
-    answer = input(f"{question} [y/N] ").strip().lower()
+    try:
+        answer = input(f"{question} [y/N] ").strip().lower()
+    except EOFError:  # end of input (Ctrl-D) answers no
+        print(file=sys.stderr)
+        return False
     return answer in ("y", "yes")
 
 
@@ -255,35 +266,55 @@ def _clear(args: argparse.Namespace) -> int:
     if not args.yes and not _confirm(f"clear every entry of {names} in {root}?"):
         print("nothing cleared", file=sys.stderr)
         return 1
-    cleared = []
+    cleared: list[dict[str, Any]] = []
+    errors: list[str] = []
     for path in paths:
-        with _opened(path) as engine:
-            count = len(engine)
-            engine.clear()
+        try:
+            with _opened(path) as engine:
+                count = len(engine)
+                engine.clear()
+        except UserError as exc:
+            if args.folder is not None:
+                raise
+            errors.append(str(exc))  # every other folder is still cleared
+            continue
         cleared.append({"folder": path.name, "entries": count})
     if args.json:
-        print(json.dumps({"cleared": cleared}, indent=2))
+        print(json.dumps({"cleared": cleared, "errors": errors}, indent=2))
     else:
         for item in cleared:
-            print(f"cleared {item['folder']}: {item['entries']} entries")
+            print(f"cleared {item['folder']}: {_entries(item['entries'])}")
+    for error in errors:
+        print(f"skipped: {error}", file=sys.stderr)
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
     root = _root()
     overrides = {} if args.max_size is None else {"maxsize": args.max_size}
-    pruned = []
+    pruned: list[dict[str, Any]] = []
+    errors: list[str] = []
     for path in _chosen(root, args.folder):
-        with _opened(path, **overrides) as engine:
-            removed = engine.prune()
-            pruned.append({"folder": path.name, "removed": removed, "entries": len(engine)})
+        try:
+            with _opened(path, **overrides) as engine:
+                removed = engine.prune()
+                pruned.append({"folder": path.name, "removed": removed, "entries": len(engine)})
+        except UserError as exc:
+            if args.folder is not None:
+                raise
+            errors.append(str(exc))  # every other folder is still pruned
     if args.json:
-        print(json.dumps({"pruned": pruned}, indent=2))
+        print(json.dumps({"pruned": pruned, "errors": errors}, indent=2))
     elif pruned:
         for item in pruned:
-            print(f"pruned {item['folder']}: {item['removed']} removed, {item['entries']} left")
-    else:
+            print(
+                f"pruned {item['folder']}: {item['removed']} removed, "
+                f"{_entries(item['entries'])} left"
+            )
+    elif not errors:
         print(f"no persistent caches in {root}")
+    for error in errors:
+        print(f"skipped: {error}", file=sys.stderr)
     return 0
 
 
@@ -374,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     if args.root:
+        if not Path(args.root).expanduser().is_dir():
+            print(f"twat-cache: error: no cache root at {args.root}", file=sys.stderr)
+            return 1
         os.environ["TWAT_CACHE_DIR"] = args.root
     try:
         result: int = args.run(args)

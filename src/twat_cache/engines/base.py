@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
 
@@ -378,6 +379,12 @@ class SerializingEngine(BaseEngine):
             logger.warning("could not drop the rejected entry: {!r}", delete_error)
 
 
+#: Whether opening a persistent engine records its settings in the folder's manifest: tools
+#: that open a folder with other settings for a moment (`twat-cache prune --max-size`)
+#: switch it off, so the folder keeps the settings its cache was opened with.
+RECORD_MANIFESTS: ContextVar[bool] = ContextVar("twat_cache_record_manifests", default=True)
+
+
 class PersistentEngine(SerializingEngine):
     """Plumbing for engines that store on disk: their private directory under the cache
     root and the default size bound, on top of `SerializingEngine`."""
@@ -419,6 +426,8 @@ class PersistentEngine(SerializingEngine):
     )
 
     def _record_manifest(self) -> None:
+        if not RECORD_MANIFESTS.get():
+            return
         import json
 
         from twat_cache.paths import atomic_write, private_dir
