@@ -651,18 +651,8 @@ def test_prune_removes_orphan_files(root: Path, make: Callable[..., Cache], engi
     "engine",
     [
         "diskcache",
-        *(
-            pytest.param(
-                name,
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason=f"BUG: opening a {name} folder already removes expired entries and "
-                    "orphan files (the engine's sweep on open), so `twat-cache stats` deletes "
-                    "files and `prune` reports '0 removed' for what it did remove",
-                ),
-            )
-            for name in ("joblib", "klepto")
-        ),
+        "joblib",
+        "klepto",
     ],
 )
 def test_stats_writes_nothing_and_prune_counts_what_it_removes(

@@ -91,7 +91,9 @@ def _opened(path: Path, **overrides: Any) -> Iterator[Any]:
     token = RECORD_MANIFESTS.set(False)  # the folder keeps the settings it was opened with
     try:
         config = CacheConfig(folder_name=path.name, **{**manifest["settings"], **overrides})
-        engine = get_manager().load(name)(config)
+        # sweep=False: opening removes nothing (a read command writes nothing, and prune
+        # counts everything it removes).
+        engine = get_manager().load(name)(config, sweep=False)
     except (CacheError, ValueError, TypeError, OSError) as exc:
         raise UserError(f"{path.name}: the {name} cache cannot be opened: {exc}") from None
     finally:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ NAME = re.compile(r"[0-9a-f]{40}")  # entry names: a BLAKE2b-160 of the key, in 
 # cheap scans (len, eviction); the signed copy inside the payload is the one `get` obeys.
 _EXPIRY_HINT = re.compile(rb'\[(null|[-+0-9.eE]+), "')
 _ENTRY_PREFIX, _TEMP_PREFIX, _FILE = "K_", "K_.I_", "output.json"  # klepto's dir layout
-_ORPHAN_AGE = 300.0  # seconds after which a temp dir of a killed writer is removed
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,18 @@ class Entry:
     time: float  # last access (lru) or store time (other policies)
     size: int
     expires: float | None
+    stored: float | None = None  # when the entry was written, if known
 
 
 class DirStore:
     """One directory per entry via klepto's `dir_archive`, in its JSON mode: klepto then
-    only ever `json.load`s what it reads, so a planted file can never run code."""
+    only ever `json.load`s what it reads, so a planted file can never run code.
+
+    An entry directory's mtime is the entry's store time: klepto writes the entry in a
+    fresh temporary directory and renames it into place, nothing changes the directory
+    afterwards, and `write` pins it to the clock (the kernel's file clock is coarser). The
+    entry file's own mtime is its last use (lru) or store time.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -78,7 +85,7 @@ class DirStore:
             info = os.stat(self._file(name))
             if info.st_size == expected and info.st_ctime >= start:
                 os.chmod(self._file(name), 0o600)  # klepto's files follow the umask
-                self.touch(name)  # a precise store time: the kernel's file clock is coarse
+                self.touch(name, stored=True)  # precise times: the kernel's file clock is coarse
                 return
         except FileNotFoundError:
             pass
@@ -106,10 +113,14 @@ class DirStore:
     def remove(self, name: str) -> None:
         del self.archive[name]  # klepto ignores a missing entry
 
-    def touch(self, name: str) -> None:
+    def touch(self, name: str, *, stored: bool = False) -> None:
+        """Record a use of the entry now (its file's mtime); with `stored`, its store time
+        too (its directory's mtime)."""
         now = time.time_ns()
         with contextlib.suppress(FileNotFoundError):
             os.utime(self._file(name), ns=(now, now))
+            if stored:
+                os.utime(os.path.dirname(self._file(name)), ns=(now, now))
 
     def _listing(self) -> list[os.DirEntry[str]]:
         try:
@@ -134,27 +145,42 @@ class DirStore:
         except ValueError:  # a damaged hint: `get` reads the signed expiry anyway
             return None
 
-    def scan(self, now: float) -> list[Entry]:
-        found = []
+    def scan(self, now: float, orphan_age: float | None = None) -> tuple[list[Entry], int]:
+        """The entries; with `orphan_age`, also remove what killed writers left untouched
+        for that many seconds (klepto's temporary directories, entry directories without
+        their file), and count those removed. Without it nothing is written."""
+        found, removed = [], 0
         for entry in self._listing():
             name = entry.name[2:]
             if entry.name.startswith(_ENTRY_PREFIX) and NAME.fullmatch(name):
                 try:
                     info = os.stat(self._file(name))
-                except FileNotFoundError:  # being replaced, or left by a killed writer
-                    self._drop_orphan(entry.path, now)
+                    stored = entry.stat(follow_symlinks=False).st_mtime
+                except (FileNotFoundError, NotADirectoryError):
+                    # Being replaced, or left by a killed writer.
+                    removed += self._drop_orphan(entry.path, now, orphan_age)
                     continue
-                found.append(Entry(name, info.st_mtime, info.st_size, self.expiry(name)))
+                found.append(Entry(name, info.st_mtime, info.st_size, self.expiry(name), stored))
             elif entry.name.startswith(_TEMP_PREFIX):
-                self._drop_orphan(entry.path, now)
-        return found
+                removed += self._drop_orphan(entry.path, now, orphan_age)
+        return found, removed
 
-    def _drop_orphan(self, path: str, now: float) -> None:
+    @staticmethod
+    def _drop_orphan(path: str, now: float, age: float | None) -> int:
+        if age is None:
+            return 0
         try:
-            if os.stat(path).st_mtime < now - _ORPHAN_AGE:
-                shutil.rmtree(path, ignore_errors=True)
+            # The directory's mtime is when klepto created the file in it: a live writer's
+            # is seconds old (it writes one JSON file, then renames the directory).
+            if os.stat(path, follow_symlinks=False).st_mtime >= now - age:
+                return 0
         except FileNotFoundError:
-            pass
+            return 0
+        # A writer renaming a new entry onto an empty entry directory between the check and
+        # this removal loses that entry (a miss, never a wrong value): klepto first removes
+        # the old directory, so the window is its rename.
+        shutil.rmtree(path, ignore_errors=True)
+        return 0 if os.path.lexists(path) else 1
 
     def clear(self) -> None:
         self.archive.clear()
@@ -165,7 +191,9 @@ class DirStore:
 
 class SqlStore:
     """Two tables of one SQLite file via klepto's `sqltable_archive`: `data` holds the
-    records, `meta` small rows [expiry, time, size] that scans read instead of payloads.
+    records, `meta` small rows [expiry, time, size, stored] that scans read instead of
+    payloads (rows written before the store time was kept have three: their time is then
+    the best store time known).
 
     Without SQLAlchemy klepto stores values as given (our JSON text); with it we ask for
     `serialized=False` (a Text column): either way klepto never unpickles what it reads.
@@ -177,6 +205,7 @@ class SqlStore:
     def __init__(self, path: Path) -> None:
         if any(c in str(path) for c in "?#%"):
             raise ValueError(f"klepto cannot open an SQLite path containing ?, # or %: {path}")
+        self.path = path
         self.url = f"sqlite:///{path}"
         self._local = threading.local()
         self._touched: dict[str, float] = {}
@@ -222,7 +251,8 @@ class SqlStore:
         data, meta = self._tables()
         text = json.dumps(record)
         self._replace(data, name, text)  # data first: a crash in between leaves data only,
-        self._replace(meta, name, json.dumps([record[0], time.time(), len(text)]))  # repaired
+        now = time.time()
+        self._replace(meta, name, json.dumps([record[0], now, len(text), now]))  # repaired
 
     def remove(self, name: str) -> None:
         data, meta = self._tables()
@@ -244,7 +274,7 @@ class SqlStore:
         for name, accessed in touched.items():
             row = self._meta(meta.get(name))
             if row is not None:
-                self._replace(meta, name, json.dumps([row[0], accessed, row[2]]))
+                self._replace(meta, name, json.dumps([row[0], accessed, *row[2:]]))
 
     @staticmethod
     def _meta(text: Any) -> list[Any] | None:
@@ -252,7 +282,7 @@ class SqlStore:
             row = json.loads(text)
         except (TypeError, ValueError):
             return None
-        if not (isinstance(row, list) and len(row) == 3):
+        if not (isinstance(row, list) and len(row) in (3, 4)):
             return None
         numbers = all(isinstance(v, int | float) for v in row[1:])
         return row if numbers and (row[0] is None or isinstance(row[0], int | float)) else None
@@ -264,24 +294,55 @@ class SqlStore:
         row = self._meta(self._tables()[1].get(name))
         return None if row is None else float_or_none(row[0])
 
-    def scan(self, now: float) -> list[Entry]:
+    def scan(self, now: float, orphan_age: float | None = None) -> tuple[list[Entry], int]:
+        """The entries; with `orphan_age` (any), also repair what killed writers left (a
+        data row without its meta row is adopted as new, a meta row without data dropped)
+        and count the rows dropped. Without it nothing is written but pending access times.
+        A killed writer's transaction SQLite rolls back itself (and `settle` has it drop a
+        journal it ignores): its files are never removed here."""
         self.flush()
         data, meta = self._tables()
-        rows = {name: self._meta(meta.get(name)) for name in set(meta)}
-        found = []
+        # One SELECT of the small meta rows (klepto's `get` is a query without an index).
+        rows = {name: self._meta(text) for name, text in meta.__asdict__().items()}
+        found, repair = [], orphan_age is not None
         for name in set(data):
             row = rows.pop(name, None)
+            stored = None
             if row is None:  # a writer died between its two rows: adopt the entry as new
                 try:
                     record = self.read(name)
                 except (KeyError, PayloadError):
                     continue
                 row = [record[0] if isinstance(record, list) else None, now, len(str(record))]
-                self._replace(meta, name, json.dumps(row))
-            found.append(Entry(name, float(row[1]), int(row[2]), float_or_none(row[0])))
-        for name in rows:  # rows whose data is gone (a delete died half-way)
-            meta.pop(name, None)
-        return found
+                if repair:
+                    stored = now
+                    self._replace(meta, name, json.dumps([*row, now]))
+            else:
+                stored = float(row[3] if len(row) == 4 else row[1])
+            found.append(Entry(name, float(row[1]), int(row[2]), float_or_none(row[0]), stored))
+        if repair:
+            for name in rows:  # rows whose data is gone (a delete died half-way)
+                meta.pop(name, None)
+        return found, len(rows) if repair else 0
+
+    def settle(self) -> int:
+        """Have SQLite remove a rollback journal a killed writer left that it will not roll
+        back (one whose header the writer never wrote: SQLite ignores those until its next
+        write). One write transaction reuses and deletes it. Returns 1 when it went."""
+        journal = self.path.with_name(self.path.name + "-journal")
+        if not journal.exists():
+            return 0
+        connection = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
+        try:
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+            connection.execute("BEGIN IMMEDIATE")  # waits for a live writer's journal to go
+            connection.execute(f"PRAGMA user_version = {int(version)}")  # rewrites page 1
+            connection.execute("COMMIT")
+        except sqlite3.OperationalError:  # busy: a live writer's journal, gone with its commit
+            return 0
+        finally:
+            connection.close()
+        return 0 if journal.exists() else 1
 
     def clear(self) -> None:
         self._touched = {}

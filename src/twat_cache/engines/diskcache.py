@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -58,6 +59,14 @@ _BUSY_CODES: Final = frozenset({5, 6})
 #: the expiry, by the unique (key, raw) index. Expiry is checked in Python (no clock read
 #: for the rows without one, which is every row of an engine without a ttl).
 _SELECT: Final = "SELECT expire_time, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+
+
+#: Live entries and the oldest and newest store times, in one pass over the Cache table. A
+#: NULL expiry never expires; a tampered (text) one sorts above every number, as in `_select`.
+_LIVE: Final = (
+    "SELECT count(*), min(store_time), max(store_time) FROM Cache "
+    "WHERE expire_time IS NULL OR expire_time > ?"
+)
 
 
 class _Vanished:
@@ -161,6 +170,26 @@ def _is_value_file(filename: Any) -> bool:
     return isinstance(filename, str) and _VALUE_FILE.fullmatch(filename) is not None
 
 
+def _files(directory: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every regular file under `directory`: its path relative to it, and its lstat.
+    Symbolic links are neither followed nor counted."""
+    top_length = len(str(directory)) + 1
+    for top, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(top, name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:  # removed since it was listed
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield path[top_length:], info
+
+
+def _time(value: Any) -> float | None:
+    """A store time read from the database (None for an empty table or a tampered cell)."""
+    return float(value) if type(value) in (int, float) else None
+
+
 def _is_corrupt(exc: BaseException) -> bool:
     if not isinstance(exc, sqlite3.DatabaseError):
         return False
@@ -212,8 +241,13 @@ class DiskCacheEngine(PersistentEngine):
     BUSY_TIMEOUT: ClassVar[float] = 1.0
     #: Seconds opening waits for a lock: concurrent processes creating one database.
     OPEN_TIMEOUT: ClassVar[float] = 5.0
+    #: Seconds a value file no row references may wait for its writer to commit the row
+    #: before `prune` removes it (writers commit within `BUSY_TIMEOUT` of writing it).
+    COMMIT_GRACE: ClassVar[float] = 60.0
 
-    def __init__(self, config: CacheConfig | None = None) -> None:
+    def __init__(self, config: CacheConfig | None = None, *, sweep: bool = True) -> None:
+        """`sweep` is accepted as the other disk engines take it: opening a diskcache
+        folder removes nothing either way (diskcache expires and culls on writes)."""
         super().__init__(config)
         bound = self.maxsize
         policy = self.config.policy
@@ -226,7 +260,7 @@ class DiskCacheEngine(PersistentEngine):
             settings = {"eviction_policy": _POLICIES[policy], "size_limit": _NO_BYTE_LIMIT}
             self._count_limit = int(bound)
         self._victims = (
-            f"SELECT rowid, filename FROM Cache WHERE raw = 1 AND key != ? "
+            f"SELECT rowid, filename FROM Cache WHERE raw = 1 AND key IS NOT ? "
             f"ORDER BY {_VICTIM_ORDER[policy]} LIMIT ?"
         )
         self._ttl = self.config.ttl
@@ -378,12 +412,11 @@ class DiskCacheEngine(PersistentEngine):
         if self._count_limit is not None and len(self._cache) > self._count_limit:
             self._cull(key, self._count_limit)
 
-    def _cull(self, keep: str, limit: int) -> None:
+    def _cull(self, keep: str | None, limit: int) -> int:
         # diskcache bounds bytes only: an entry count is enforced here, in the order of
-        # the policy's own index, without evicting the entry just written.
+        # the policy's own index, without evicting the entry just written (`keep`).
         cache = self._cache
-        if self.expires:
-            cache.expire()
+        removed: int = cache.expire() if self.expires else 0
         files: list[Any] = []
         with cache.transact():
             excess = len(cache) - limit
@@ -397,6 +430,7 @@ class DiskCacheEngine(PersistentEngine):
         for filename in files:
             if filename is not None:
                 self._disk.remove(filename)
+        return removed + len(files)
 
     def _connection(self) -> sqlite3.Connection:
         # The one use of diskcache's private API. diskcache has no public query API: its
@@ -425,6 +459,51 @@ class DiskCacheEngine(PersistentEngine):
             ((stale,),) = self._query(expired, (time.time(),))
             count -= stale
         return max(count, 0)
+
+    # --- tools (`twat-cache stats`, `prune`) -------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Live entries (expired ones not counted) and the store times of the oldest and
+        newest of them, from one query on diskcache's Cache table (its `store_time`
+        column); `bytes`: every file in the folder (the database, its WAL, value files)."""
+        ((count, oldest, newest),) = self._query(_LIVE, (time.time(),))
+        size = sum(info.st_size for _, info in _files(self.directory))
+        return {"entries": count, "bytes": size, "oldest": _time(oldest), "newest": _time(newest)}
+
+    def prune(self) -> int:
+        """Drop expired entries (diskcache's `expire`), enforce the bound (diskcache's `cull`
+        for bytes, the policy's order for an entry count), and remove the value files no
+        row references that are older than `COMMIT_GRACE` (left by writers killed between
+        writing a file and committing its row). Returns the entries and files removed."""
+        cache = self._cache
+        removed: int = cache.expire()
+        if isinstance(self.maxsize, ByteSize):
+            removed += cache.cull()
+        elif self._count_limit is not None:
+            removed += self._cull(None, self._count_limit)
+        return removed + self._remove_orphans()
+
+    def _remove_orphans(self) -> int:
+        # The files are listed before the rows are read: a file listed and not yet
+        # referenced belongs to a writer that has not committed, and those commit within
+        # their busy timeout of writing it, far inside the grace.
+        candidates = [(name, info) for name, info in _files(self.directory) if _is_value_file(name)]
+        if not candidates:
+            return 0
+        rows = self._query("SELECT filename FROM Cache WHERE filename IS NOT NULL", ())
+        referenced = {os.path.normpath(filename) for (filename,) in rows if type(filename) is str}
+        removed, now = 0, time.time()
+        for name, info in candidates:
+            if name in referenced or now - info.st_mtime <= self.COMMIT_GRACE:
+                continue
+            path = self.directory / name
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+            for parent in (path.parent, path.parent.parent):  # ab/cd/, then ab/, if empty
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+        return removed
 
     def close(self) -> None:
         """Close this thread's database connection (diskcache opens one per thread; the

@@ -74,7 +74,10 @@ class JoblibEngine(PersistentEngine):
             return "mmap_mode='r+' writes into signed cache files: use 'r' or 'c', or secure=False"
         return super().unsupported(config)
 
-    def __init__(self, config: CacheConfig | None = None) -> None:
+    def __init__(self, config: CacheConfig | None = None, *, sweep: bool = True) -> None:
+        """`sweep=False` opens without removing anything (expired entries, what killed
+        writers left, entries over the bound): for tools that read the folder or report
+        what their own `prune` removes."""
         super().__init__(config)
         self._secret = get_secret(cache_root()) if self.config.secure else None
         self._compress: Any = _COMPRESSION.get(self.config.compress or "", 0)
@@ -86,7 +89,10 @@ class JoblibEngine(PersistentEngine):
         self._scanning = threading.Lock()
         self._count = self._bytes = self._writes = 0
         self._scanned_at = 0.0
-        self._account(self._scan(), prune=True)
+        if sweep:
+            self._account(self._scan(), prune=True)
+        else:  # a tool's open: no scan until a first write needs the accounting
+            self._writes = self.RESCAN_WRITES
 
     # --- reading ------------------------------------------------------------------------
 
@@ -195,9 +201,12 @@ class JoblibEngine(PersistentEngine):
                 size, mac = self._dump(temp, value)
             else:
                 size, mac = files.write_npy(temp, value, header, self._secret)
+            # The data file is never written again: its mtime is the entry's store time,
+            # which `stats` reads without opening the record.
+            stored_ns = time.time_ns()
+            os.utime(temp, ns=(stored_ns, stored_ns))
         record = self.directory / f"{name}.sig"
         try:
-            stored_ns = time.time_ns()
             stored = stored_ns / 1e9
             meta = Meta(
                 key=text,
@@ -288,14 +297,45 @@ class JoblibEngine(PersistentEngine):
             self._count = self._bytes = 0
 
     def prune(self) -> int:
-        """Remove temporary files left by killed writers (older than `TEMP_MAX_AGE`), data
-        files never committed, and expired entries, then enforce the size limit. Returns
-        the number of files and entries removed."""
+        """Remove what killed writers left (temporary files older than `TEMP_MAX_AGE`, data
+        files no record names older than `COMMIT_GRACE`) and expired entries, then enforce
+        the size limit; opening does the same unless `sweep=False`. Returns the number of
+        files and entries removed."""
         return self._account(self._scan(), prune=True, expire=True)
+
+    def stats(self) -> dict[str, Any]:
+        """Live entries, bytes of every file in the folder, and the store times of the
+        oldest and newest entry, from one directory scan. A store time is the mtime of the
+        entry's data file, which `set` pins to the time in its record (for entries written
+        before it did, the moment the data file was finished, milliseconds earlier). Records
+        are read only when this engine expires entries (a ttl or the 'ttl' policy), to leave
+        expired ones out, or for an entry with two data files (an overwrite in flight):
+        then the time is the record's."""
+        listing = files.scan(self.directory, every_file=True)
+        now = time.time()
+        entries, times = 0, []
+        for name in listing.records:
+            found = listing.data.get(name, [])
+            meta = None
+            if self.expires or len(found) > 1:
+                meta = files.peek(files.read(self.directory / f"{name}.sig"), name)
+                if meta is not None and meta.expired(now):
+                    continue
+            entries += 1
+            if meta is not None:
+                times.append(meta.stored)
+            elif len(found) == 1:
+                times.append(found[0][1].st_mtime)
+        return {
+            "entries": entries,
+            "bytes": listing.size,
+            "oldest": min(times, default=None),
+            "newest": max(times, default=None),
+        }
 
     def __len__(self) -> int:
         listing = self._scan()
-        if self.config.ttl is None:
+        if not self.expires:
             return len(listing.records)
         return len(listing.records) - self._expire(listing, time.time())
 
@@ -314,7 +354,7 @@ class JoblibEngine(PersistentEngine):
             stale = self._writes >= self.RESCAN_WRITES or (
                 time.monotonic() - self._scanned_at > self.RESCAN_SECONDS
             )
-        due = over or (stale and (self._bound is not None or self.config.ttl is not None))
+        due = over or (stale and (self._bound is not None or self.expires))
         # Over the bound, wait for a scan in another thread; merely due, one scan is enough.
         if due and self._scanning.acquire(blocking=over):
             try:
@@ -363,7 +403,7 @@ class JoblibEngine(PersistentEngine):
         `keep` (just written) goes last, whatever the policy."""
         now = time.time()
         removed = self._remove_orphans(listing, now) if prune else 0
-        if expire or self.config.ttl is not None:
+        if expire or self.expires:
             removed += self._expire(listing, now)
         weights = {
             name: stat.st_size + sum(s.st_size for _, s in listing.data.get(name, ()))

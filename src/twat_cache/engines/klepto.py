@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
+import os
 import random
+import stat
 import struct
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from pydantic import ByteSize
 
@@ -27,6 +31,18 @@ _SCAN_WRITES = 32  # byte bounds: a full rescan after this many writes or a seco
 _EXPIRED = object()
 
 
+def _tree_size(directory: Path) -> int:
+    """Bytes of the regular files under `directory` (symbolic links neither followed nor
+    counted)."""
+    size = 0
+    for top, _, names in os.walk(directory):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                info = os.lstat(os.path.join(top, name))
+                size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return size
+
+
 class KleptoEngine(PersistentEngine):
     """Persistent engine on klepto archives: a directory of entries (default) or an SQLite
     file (`use_sql=True`), shared by every process using the same folder.
@@ -40,8 +56,15 @@ class KleptoEngine(PersistentEngine):
 
     name = "klepto"
     capabilities = persistent_capabilities(frozenset({"lru", "fifo", "rr", "ttl"}))
+    #: Seconds after which what a killed writer left in the dir archive (a klepto
+    #: temporary directory, an entry directory without its file) is removed, on open, when
+    #: a bound is enforced, and by `prune`. A live writer's are younger: it writes them.
+    TEMP_MAX_AGE: ClassVar[float] = 300.0
 
-    def __init__(self, config: CacheConfig | None = None) -> None:
+    def __init__(self, config: CacheConfig | None = None, *, sweep: bool = True) -> None:
+        """`sweep=False` opens without removing anything (expired entries, what killed
+        writers left, entries over the bound): for tools that read the folder or report
+        what their own `prune` removes."""
         super().__init__(config)
         self._store: DirStore | SqlStore
         if self.config.use_sql:
@@ -55,7 +78,8 @@ class KleptoEngine(PersistentEngine):
         self._scanned_at = 0.0
         self._estimate = 0
         try:  # remove expired entries and what killed writers left; best effort
-            self._enforce(None)
+            if sweep:
+                self._enforce(None)
         except Exception as exc:  # e.g. a database locked by other processes: next sweep
             from twat_cache.logging import logger
 
@@ -119,39 +143,49 @@ class KleptoEngine(PersistentEngine):
             self._estimate += len(encoded)
             self._enforce(name)
 
-    def _enforce(self, written: str | None) -> None:
-        """Keep the bound after writing `written` (never evicted); None: a full sweep."""
+    def _enforce(self, written: str | None) -> int:
+        """Keep the bound after writing `written` (never evicted); None: a full sweep.
+        Returns the number of entries and leftovers removed."""
         bound, now = self.maxsize, time.time()
         if written is not None:
             if bound is None:
-                return
+                return 0
             if self._bytes:  # an estimate between full scans, which see other processes too
                 due = self._writes_since_scan >= _SCAN_WRITES or now - self._scanned_at > 1.0
                 if not due and self._estimate <= bound:
-                    return
+                    return 0
             elif self._store.count() <= bound:
-                return
-        live = self._live(now)
+                return 0
+        live, removed = self._scan_live(now, sweep=True)
         self._writes_since_scan, self._scanned_at = 0, now
         self._estimate = sum(e.size for e in live)
         excess = (self._estimate if self._bytes else len(live)) - (bound or 0)
         if bound is None or excess <= 0:
-            return
+            return removed
         for victim in self._victims([e for e in live if e.name != written]):
             self._store.remove(victim.name)
             self._estimate -= victim.size
+            removed += 1
             excess -= victim.size if self._bytes else 1
             if excess <= 0:
-                return
+                break
+        return removed
 
     def _live(self, now: float) -> list[Entry]:
+        return self._scan_live(now, sweep=True)[0]
+
+    def _scan_live(self, now: float, *, sweep: bool) -> tuple[list[Entry], int]:
+        """The live entries; with `sweep`, expired entries and what killed writers left are
+        removed (and counted), else nothing is written."""
+        entries, removed = self._store.scan(now, self.TEMP_MAX_AGE if sweep else None)
         live = []
-        for entry in self._store.scan(now):
-            if entry.expires is not None and entry.expires <= now:
-                self._store.remove(entry.name)
-            else:
+        for entry in entries:
+            if entry.expires is None or entry.expires > now:
                 live.append(entry)
-        return live
+            elif sweep:
+                self._store.remove(entry.name)
+                removed += 1
+        return live, removed
 
     def _victims(self, entries: list[Entry]) -> list[Entry]:
         policy = self.config.policy
@@ -179,6 +213,31 @@ class KleptoEngine(PersistentEngine):
     def __len__(self) -> int:
         with self._lock:
             return len(self._live(time.time()))
+
+    def stats(self) -> dict[str, Any]:
+        """Live entries, bytes of every file in the folder, and the store times of the
+        oldest and newest entry; reads only. Store times: the dir archive's are its entry
+        directories' mtimes, the SQL archive's are kept in its meta rows (rows written
+        before they were give their last access under lru, their store time otherwise)."""
+        with self._lock:
+            live, _ = self._scan_live(time.time(), sweep=False)
+        times = [entry.stored for entry in live if entry.stored is not None]
+        return {
+            "entries": len(live),
+            "bytes": _tree_size(self.directory),
+            "oldest": min(times, default=None),
+            "newest": max(times, default=None),
+        }
+
+    def prune(self) -> int:
+        """Remove expired entries and what killed writers left (dir archive: klepto's
+        temporary directories and entry directories without their file, untouched for
+        `TEMP_MAX_AGE`, one each; SQL archive: meta rows whose data row is gone, and a
+        rollback journal SQLite ignores), then enforce the bound; opening does the same but
+        for the journal unless `sweep=False`. Returns the number removed."""
+        with self._lock:
+            removed = self._store.settle() if isinstance(self._store, SqlStore) else 0
+            return removed + self._enforce(None)
 
     def close(self) -> None:
         with self._lock:
