@@ -30,7 +30,6 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISREG
 from typing import TYPE_CHECKING, Any, Literal
 
 from twat_cache.serializers import PayloadError, UnserializableError
@@ -150,48 +149,24 @@ class Listing:
     records: dict[str, os.stat_result]
     data: dict[str, list[tuple[str, os.stat_result]]]
     temps: list[tuple[str, os.stat_result]]
-    #: Bytes of the regular files listed; with `every_file`, of every file in the folder.
-    size: int = 0
 
 
-def scan(directory: Path, *, every_file: bool = False) -> Listing:
-    """List the engine's files in `directory`; with `every_file`, also add up the size of
-    every other regular file under it (symbolic links are neither followed nor counted)."""
+def scan(directory: Path) -> Listing:
+    """List the engine's files in `directory` (each with its lstat: links are not followed)."""
     listing = Listing({}, {}, [])
     with os.scandir(directory) as entries:
         for entry in entries:
             try:
                 if match := RECORD.fullmatch(entry.name):
-                    stat = listing.records[match.group(1)] = entry.stat(follow_symlinks=False)
+                    listing.records[match.group(1)] = entry.stat(follow_symlinks=False)
                 elif match := DATA.fullmatch(entry.name):
                     stat = entry.stat(follow_symlinks=False)
                     listing.data.setdefault(match.group(1), []).append((entry.name, stat))
                 elif TEMP.fullmatch(entry.name):
-                    stat = entry.stat(follow_symlinks=False)
-                    listing.temps.append((entry.name, stat))
-                elif not every_file:
-                    continue
-                elif entry.is_dir(follow_symlinks=False):
-                    listing.size += _tree_size(entry.path)
-                    continue
-                else:
-                    stat = entry.stat(follow_symlinks=False)
+                    listing.temps.append((entry.name, entry.stat(follow_symlinks=False)))
             except FileNotFoundError:  # removed since it was listed
                 continue
-            if S_ISREG(stat.st_mode):
-                listing.size += stat.st_size
     return listing
-
-
-def _tree_size(path: str) -> int:
-    """Bytes of the regular files under the directory `path` (links not followed)."""
-    size = 0
-    for top, _, names in os.walk(path):
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                stat = os.lstat(os.path.join(top, name))
-                size += stat.st_size if S_ISREG(stat.st_mode) else 0
-    return size
 
 
 # --- signatures --------------------------------------------------------------------------

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sqlite3
-import stat
 import sys
 import threading
 import time
@@ -21,8 +19,10 @@ from pydantic import ByteSize
 
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
+from twat_cache.engines._diskcache_tools import is_value_file, live_entries, remove_orphans
 from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
+from twat_cache.paths import folder_bytes
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DiskCacheEngine"]
@@ -47,8 +47,6 @@ _VICTIM_ORDER: Final = {
 }
 #: diskcache's size_limit when entries are counted, or nothing is bounded (SQLite's max int).
 _NO_BYTE_LIMIT: Final = 2**63 - 1
-#: A value file as diskcache's `Disk.filename` names it: ab/cd/<28 hex>.val.
-_VALUE_FILE: Final = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0)
 #: sqlite's primary result codes for a malformed file (SQLITE_CORRUPT, SQLITE_NOTADB).
@@ -59,14 +57,6 @@ _BUSY_CODES: Final = frozenset({5, 6})
 #: the expiry, by the unique (key, raw) index. Expiry is checked in Python (no clock read
 #: for the rows without one, which is every row of an engine without a ttl).
 _SELECT: Final = "SELECT expire_time, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
-
-
-#: Live entries and the oldest and newest store times, in one pass over the Cache table. A
-#: NULL expiry never expires; a tampered (text) one sorts above every number, as in `_select`.
-_LIVE: Final = (
-    "SELECT count(*), min(store_time), max(store_time) FROM Cache "
-    "WHERE expire_time IS NULL OR expire_time > ?"
-)
 
 
 class _Vanished:
@@ -152,7 +142,7 @@ class _PayloadDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no 
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
         if mode == MODE_RAW and type(value) is bytes:
             return value
-        if mode == MODE_BINARY and not read and _is_value_file(filename):
+        if mode == MODE_BINARY and not read and is_value_file(filename):
             try:
                 with open(os.path.join(self._directory, filename), "rb") as reader:
                     return reader.read()
@@ -162,32 +152,8 @@ class _PayloadDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no 
 
     def remove(self, file_path: Any) -> None:
         # A tampered row must not make a delete remove a file outside the cache.
-        if _is_value_file(file_path):
+        if is_value_file(file_path):
             super().remove(file_path)
-
-
-def _is_value_file(filename: Any) -> bool:
-    return isinstance(filename, str) and _VALUE_FILE.fullmatch(filename) is not None
-
-
-def _files(directory: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every regular file under `directory`: its path relative to it, and its lstat.
-    Symbolic links are neither followed nor counted."""
-    top_length = len(str(directory)) + 1
-    for top, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(top, name)
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:  # removed since it was listed
-                continue
-            if stat.S_ISREG(info.st_mode):
-                yield path[top_length:], info
-
-
-def _time(value: Any) -> float | None:
-    """A store time read from the database (None for an empty table or a tampered cell)."""
-    return float(value) if type(value) in (int, float) else None
 
 
 def _is_corrupt(exc: BaseException) -> bool:
@@ -466,9 +432,9 @@ class DiskCacheEngine(PersistentEngine):
         """Live entries (expired ones not counted) and the store times of the oldest and
         newest of them, from one query on diskcache's Cache table (its `store_time`
         column); `bytes`: every file in the folder (the database, its WAL, value files)."""
-        ((count, oldest, newest),) = self._query(_LIVE, (time.time(),))
-        size = sum(info.st_size for _, info in _files(self.directory))
-        return {"entries": count, "bytes": size, "oldest": _time(oldest), "newest": _time(newest)}
+        count, oldest, newest = live_entries(self._query)
+        size = folder_bytes(self.directory)
+        return {"entries": count, "bytes": size, "oldest": oldest, "newest": newest}
 
     def prune(self) -> int:
         """Drop expired entries (diskcache's `expire`), enforce the bound (diskcache's `cull`
@@ -481,29 +447,7 @@ class DiskCacheEngine(PersistentEngine):
             removed += cache.cull()
         elif self._count_limit is not None:
             removed += self._cull(None, self._count_limit)
-        return removed + self._remove_orphans()
-
-    def _remove_orphans(self) -> int:
-        # The files are listed before the rows are read: a file listed and not yet
-        # referenced belongs to a writer that has not committed, and those commit within
-        # their busy timeout of writing it, far inside the grace.
-        candidates = [(name, info) for name, info in _files(self.directory) if _is_value_file(name)]
-        if not candidates:
-            return 0
-        rows = self._query("SELECT filename FROM Cache WHERE filename IS NOT NULL", ())
-        referenced = {os.path.normpath(filename) for (filename,) in rows if type(filename) is str}
-        removed, now = 0, time.time()
-        for name, info in candidates:
-            if name in referenced or now - info.st_mtime <= self.COMMIT_GRACE:
-                continue
-            path = self.directory / name
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed += 1
-            for parent in (path.parent, path.parent.parent):  # ab/cd/, then ab/, if empty
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
-        return removed
+        return removed + remove_orphans(self.directory, self._query, self.COMMIT_GRACE)
 
     def close(self) -> None:
         """Close this thread's database connection (diskcache opens one per thread; the

@@ -21,7 +21,7 @@ from twat_cache.config import CacheConfig
 from twat_cache.engines import _joblib_files as files
 from twat_cache.engines._joblib_files import HEAD, MAC_SIZE, MAGIC, Listing, Meta
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
-from twat_cache.paths import atomic_write, cache_root
+from twat_cache.paths import atomic_write, cache_root, folder_bytes
 from twat_cache.serializers import PayloadError, UnserializableError, get_secret, sign, verify
 
 __all__ = ["JoblibEngine"]
@@ -304,14 +304,14 @@ class JoblibEngine(PersistentEngine):
         return self._account(self._scan(), prune=True, expire=True)
 
     def stats(self) -> dict[str, Any]:
-        """Live entries, bytes of every file in the folder, and the store times of the
-        oldest and newest entry, from one directory scan. A store time is the mtime of the
-        entry's data file, which `set` pins to the time in its record (for entries written
-        before it did, the moment the data file was finished, milliseconds earlier). Records
-        are read only when this engine expires entries (a ttl or the 'ttl' policy), to leave
-        expired ones out, or for an entry with two data files (an overwrite in flight):
-        then the time is the record's."""
-        listing = files.scan(self.directory, every_file=True)
+        """Live entries and the store times of the oldest and newest entry, from one
+        directory scan, and the bytes of every file in the folder. A store time is the
+        mtime of the entry's data file, which `set` pins to the time in its record (for
+        entries written before it did, the moment the data file was finished, milliseconds
+        earlier). Records are read only when this engine expires entries (a ttl or the
+        'ttl' policy), to leave expired ones out, or for an entry with two data files (an
+        overwrite in flight): then the time is the record's."""
+        listing = self._scan()
         now = time.time()
         entries, times = 0, []
         for name in listing.records:
@@ -328,7 +328,7 @@ class JoblibEngine(PersistentEngine):
                 times.append(found[0][1].st_mtime)
         return {
             "entries": entries,
-            "bytes": listing.size,
+            "bytes": folder_bytes(self.directory),
             "oldest": min(times, default=None),
             "newest": max(times, default=None),
         }

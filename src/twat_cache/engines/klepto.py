@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
-import os
 import random
-import stat
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import ByteSize
@@ -20,6 +16,7 @@ from pydantic import ByteSize
 from twat_cache.config import CacheConfig
 from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
+from twat_cache.paths import folder_bytes
 from twat_cache.serializers import PayloadError
 
 __all__ = ["KleptoEngine"]
@@ -29,18 +26,6 @@ __all__ = ["KleptoEngine"]
 _HEAD = struct.Struct("!dI")
 _SCAN_WRITES = 32  # byte bounds: a full rescan after this many writes or a second
 _EXPIRED = object()
-
-
-def _tree_size(directory: Path) -> int:
-    """Bytes of the regular files under `directory` (symbolic links neither followed nor
-    counted)."""
-    size = 0
-    for top, _, names in os.walk(directory):
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                info = os.lstat(os.path.join(top, name))
-                size += info.st_size if stat.S_ISREG(info.st_mode) else 0
-    return size
 
 
 class KleptoEngine(PersistentEngine):
@@ -224,7 +209,7 @@ class KleptoEngine(PersistentEngine):
         times = [entry.stored for entry in live if entry.stored is not None]
         return {
             "entries": len(live),
-            "bytes": _tree_size(self.directory),
+            "bytes": folder_bytes(self.directory),
             "oldest": min(times, default=None),
             "newest": max(times, default=None),
         }
