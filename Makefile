@@ -3,9 +3,10 @@
 #   make test    the whole test suite (extra pytest options: make test PYTEST_ARGS="-x -k ttl")
 #   make lint    ruff format --check, ruff check, mypy --strict
 #   make bench   benchmarks against functools and peer libraries (BENCH_ARGS="--quick");
-#                writes docs/assets/bench.json and the chart docs/assets/bench.svg; the
-#                Redis workloads start their own redis-server when one is on PATH
-#                (apt-get install redis-server) and are skipped, with a note, when not
+#                writes docs/assets/bench.json, the chart docs/assets/bench.svg and the
+#                tables of docs/performance.md; the Redis workloads start their own
+#                redis-server when one is on PATH (apt-get install redis-server) and are
+#                skipped, with a note, when not
 #   make docs    the documentation site (mkdocs --strict) into site/
 #   make stress  the reliability harness: every scenario at full size, a table of figures
 #                against targets, and docs/assets/stress.json (STRESS_ARGS="--only crash")
@@ -38,7 +39,8 @@ lint: $(STAMP)
 	$(if $(TYPING_CHECKS),$(BIN)/mypy $(TYPING_CHECKS))
 
 bench: $(BENCH_STAMP)
-	$(BIN)/python scripts/bench.py --json docs/assets/bench.json --chart docs/assets/bench.svg $(BENCH_ARGS)
+	$(BIN)/python scripts/bench.py --json docs/assets/bench.json --chart docs/assets/bench.svg \
+	  --markdown docs/performance.md $(BENCH_ARGS)
 
 stress: $(STAMP)
 	$(BIN)/python scripts/stress/run.py --json docs/assets/stress.json $(STRESS_ARGS)

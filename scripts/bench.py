@@ -2,6 +2,7 @@
 """Benchmark twat_cache against functools and its peer caching libraries, in one run.
 
     .venv/bin/python scripts/bench.py [--quick] [--only NAME[,NAME]] [--json PATH] [--list]
+                                      [--chart PATH.svg] [--markdown PAGE.md] [--from-json PATH]
 
 Every workload is measured in rounds. Inside a round each adapter takes one
 sample (a fixed number of calls timed with ``time.perf_counter_ns``, the GC
@@ -35,19 +36,30 @@ skipped with a note saying how to get it. redis_down needs no server: its cache 
 a local port that refuses connections. Peers that cannot report hits and misses wrap
 ``ctx.counted(fn)``: a hit sample in which the function ran is an error, as for ours.
 A ``Target`` with ``op="add"`` bounds a difference (ours - ref, ns/call), not a ratio.
+
+Reporting: ``--json`` keeps every figure (machine, versions, samples, ratios, targets);
+``--chart`` draws ns per hit of each decorator of ours next to functools and the peers
+(matplotlib, SVG or PNG, log scale: the groups are ``CHART``); ``--markdown`` rewrites the
+part of a page between its ``<!-- bench:begin`` and ``<!-- bench:end -->`` lines with the
+run's tables. Both are drawn from the JSON payload, and ``--from-json`` redraws them from an
+earlier run's file without measuring anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import datetime
 import functools
 import gc
 import importlib
 import importlib.metadata as metadata
+import importlib.util
 import inspect
 import json
+import math
 import operator
 import os
 import pickle
@@ -77,6 +89,7 @@ ARRAY_BYTES = 50 * 2**20  # the file_array workload's float64 array
 TIMES = "\u00d7"  # the multiplication sign of the report, kept out of the source
 MICRO = "\u00b5s"  # microseconds, likewise
 NREMOTE = 1000  # warm keys of the Redis workloads
+REWARM_MARGIN = 1.5  # s: a short-ttl sample (rewarm) needs its entries to live this long
 
 # --------------------------------------------------------------------------
 # the cached functions: each adapter wraps its own copy (own __qualname__) so
@@ -203,7 +216,7 @@ class Workload:
     notes: list[str] = field(default_factory=list)  # printed under the table's title
     compare: list[tuple[str, str]] = field(default_factory=list)  # extra paired ratios a / b
     server: bool = False  # runs against the bench's own redis-server (skipped without one)
-    rewarm: bool = False  # one untimed pass over the items before every sample (short ttls)
+    rewarm: float = 0.0  # the entries' ttl (s) when it is short: see Runner.rewarm
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -1120,6 +1133,7 @@ RAW_ASYNC = "raw: redis.asyncio.Redis.get + pickle.loads"
 RAW_TOUCH = "raw: EVALSHA of ucache's lru hit script + pickle.loads"
 R_UCACHE = "ucache(url=...)"
 R_FIFO = 'ucache(url=..., policy="fifo")'
+R_LRU = 'ucache(url=..., policy="lru")'
 R_INSECURE = "ucache(url=..., secure=False)"
 R_ACACHE = "acache(url=...)"
 R_CASHEWS = 'cashews @cache(ttl="1h") on redis://'
@@ -1128,8 +1142,8 @@ R_AIOCACHE_NO_TIMEOUT = "aiocache.cached(RedisCache, PickleSerializer, timeout=N
 _R_NOTES = [
     "every row reads the same local redis-server (started by the bench, no persistence);",
     "values are the function's ints, pickled; ours are signed (HMAC) unless secure=False.",
-    "ucache's default policy (lru) keeps a per-cache index on the server: a hit is one",
-    "EVALSHA (GET + index touch) instead of a GET; policy='fifo' hits are a plain GET",
+    "A Redis cache's default policy is fifo: a hit is one GET. policy='lru' keeps recency in",
+    "a per-cache index on the server: a hit is then one EVALSHA (GET + index touch).",
 ]
 _SPACES = [0]
 
@@ -1156,7 +1170,7 @@ workload(
         server=True,
         targets=[Target(R_UCACHE, RAW_SYNC, "le", 1.3)],
         notes=_R_NOTES,
-        compare=[(R_UCACHE, R_FIFO), (R_UCACHE, R_INSECURE), (R_UCACHE, RAW_TOUCH)],
+        compare=[(R_LRU, R_UCACHE), (R_UCACHE, R_INSECURE), (R_LRU, RAW_TOUCH)],
     )
 )
 workload(
@@ -1184,9 +1198,9 @@ workload(
             "(aiocache.cached wraps each get in asyncio.wait_for unless timeout=None)",
         ],
         compare=[
-            (R_UCACHE, R_FIFO),
+            (R_LRU, R_UCACHE),
             (R_ACACHE, R_UCACHE),
-            (R_UCACHE, RAW_TOUCH),
+            (R_LRU, RAW_TOUCH),
             (R_CASHEWS, R_FIFO),
             (R_AIOCACHE, R_FIFO),
             (R_AIOCACHE_NO_TIMEOUT, R_FIFO),
@@ -1225,7 +1239,7 @@ def _raw_redis(ctx: Ctx) -> Any:
 
 
 def _touch_script() -> str:
-    """The Lua script a hit of ucache's default (lru) Redis cache runs: GET plus the index
+    """The Lua script a hit of a Redis cache with policy="lru" runs: GET plus the index
     touch. Private to the engine; read here so that the row times exactly that script."""
     source = getattr(mod("twat_cache.engines.redis"), "_TOUCH", None)
     if not isinstance(source, str):
@@ -1312,10 +1326,23 @@ def _ucache_redis(ctx: Ctx) -> Any:
     ours=True,
     needs=("redis",),
     engine=REDIS_ENGINE,
-    note="a hit is one GET (no index touch)",
+    note="the default, named: a hit is one GET (no index touch)",
 )
 def _ucache_redis_fifo(ctx: Ctx) -> Any:
     return _remote(ctx, policy="fifo")
+
+
+@adapter(
+    ["redis_hit", "redis_async_hit"],
+    R_LRU,
+    role="ref",
+    ours=True,
+    needs=("redis",),
+    engine=REDIS_ENGINE,
+    note="a hit is one EVALSHA: GET + index touch",
+)
+def _ucache_redis_lru(ctx: Ctx) -> Any:
+    return _remote(ctx, policy="lru")
 
 
 @adapter(
@@ -1406,12 +1433,13 @@ workload(
         rounds=(15, 3),
         calls=(100_000, 20_000),
         server=True,
-        rewarm=True,
+        rewarm=5.0,  # the tier's l1_ttl (and the ttl of the row without Redis)
         targets=[Target(L1_UCACHE, L1_MCACHE, "le", 1.2)],
         compare=[(L1_UCACHE, L1_MCACHE_TTL)],
         notes=[
-            "a repeated hit: before every sample one untimed pass over the keys refills the",
-            "tier entries its 5 s ttl has expired (from Redis); the timed calls are tier hits",
+            "a repeated hit: the tier's entries live 5 s, and are all stored (from Redis) in",
+            "one untimed pass; a sample that could outlive them waits until they have expired",
+            "and stores them again first, so every timed call is a tier hit",
         ],
     )
 )
@@ -1586,6 +1614,7 @@ class State:
     mode: str
     paths: list[str]
     computed: list[int]  # runs of the adapter's `ctx.counted` function, if it has one
+    stored: tuple[float, float] = (0.0, 0.0)  # monotonic start, end of the last storing pass
 
 
 def _missing(needs: tuple[str, ...]) -> str | None:
@@ -1667,7 +1696,9 @@ class Runner:
             calls = max(1, int(self.calls * ad.scale))
             st = State(row, subject, timed, shape, info, calls, mode, ctx.paths, ctx.computed)
             if mode == "hit":
+                started = time.monotonic()
                 self.drive(timed(subject, items, 1))  # cold pass: stores every key
+                st.stored = (started, time.monotonic())
                 for item in items[:: max(1, len(items) // 25)]:
                     got = self.drive(call_once(shape, subject, item))
                     if not wl.same(got, wl.expect(item)):
@@ -1686,10 +1717,26 @@ class Runner:
             row.error = _err(e)
             return row
 
+    def rewarm(self, st: State, items: list[Any]) -> None:
+        """Keep a short-ttl cache's entries alive through the next sample (untimed).
+
+        Entries stored in one pass expire together, `ttl` after it. When that is less than
+        REWARM_MARGIN away, a hit sample could see them all expire midway (a miss loop, not
+        a figure): wait until they have expired, then store them all again. Either way one
+        pass over the items runs before the sample, for every row of the workload alike."""
+        ttl, now = self.wl.rewarm, time.monotonic()
+        if now - st.stored[0] < ttl - REWARM_MARGIN:
+            self.drive(st.timed(st.subject, items, 1))  # hits: nothing expires meanwhile
+            return
+        time.sleep(max(0.0, st.stored[1] + ttl + 0.05 - now))
+        started = time.monotonic()
+        self.drive(st.timed(st.subject, items, 1))  # every entry expired: stores them all
+        st.stored = (started, time.monotonic())
+
     def sample(self, st: State, items: list[Any]) -> float:
         wl = self.wl
         if wl.rewarm and st.mode == "hit":
-            self.drive(st.timed(st.subject, items, 1))
+            self.rewarm(st, items)
         before = self.info(st)
         computed = st.computed[0]
         if st.mode == "hit":
@@ -1815,6 +1862,7 @@ LIBS = [
     "joblib",
     "klepto",
     "numpy",
+    "matplotlib",  # draws --chart; not a peer
 ]
 
 
@@ -1828,12 +1876,24 @@ def versions() -> dict[str, str]:
     return out
 
 
+def processor() -> str:
+    """The CPU's name: platform.processor() is empty on Linux, /proc/cpuinfo has it."""
+    name = platform.processor()
+    if not name:
+        with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.partition(":")[2].strip()
+                    break
+    return name
+
+
 def machine() -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "processor": platform.processor() or "",
+        "processor": processor(),
         "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
@@ -1990,6 +2050,412 @@ def evaluate(wl: Workload, rows: list[Row], t: Target) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
+# the chart (--chart) and the performance page (--markdown), drawn from the JSON payload
+# --------------------------------------------------------------------------
+
+# The chart's groups: (workload, caption, the rows drawn, top to bottom). Rows are adapter
+# labels of the workload; one that was skipped, failed or is not registered is left out of
+# the chart and listed under "omitted" in the JSON. Only hit workloads: ns per hit.
+CHART: list[tuple[str, str, list[str]]] = [
+    (
+        "hit",
+        "@mcache: sync hit, LRU, maxsize=1024",
+        [
+            "mcache(maxsize=1024)",
+            "functools.lru_cache(maxsize=1024)",
+            "cachebox.cached(LRUCache(1024))",
+            "cachetools.cached(LRUCache(1024))",
+        ],
+    ),
+    (
+        "ucache_hit",
+        "@ucache: sync hit, default bound",
+        [UC_UCACHE, UC_MCACHE, "functools.lru_cache(maxsize=1024)"],
+    ),
+    (
+        "redis_l1_hit",
+        "@ucache(url=..., l1_maxsize=...): in-process tier hit",
+        [L1_UCACHE, L1_MCACHE],
+    ),
+    (
+        "async_hit",
+        "@acache: async hit",
+        [
+            "acache(maxsize=1024)",
+            "cachebox.cached(LRUCache(1024))",
+            "asyncache.cached(cachetools.LRUCache(1024))",
+            "aiocache.cached (SimpleMemoryCache)",
+            "floor: await coroutine doing dict lookup",
+        ],
+    ),
+    ("disk_hit", "@bcache: disk hit, ~1 KB value, SQLite", [BCACHE, MEMOIZE, RAW_GET]),
+    (
+        "redis_hit",
+        "@ucache(url=...): sync hit on a local Redis",
+        [R_UCACHE, RAW_SYNC],
+    ),
+    (
+        "redis_async_hit",
+        "@ucache(url=...) on async def: hit on a local Redis",
+        [R_UCACHE, R_ACACHE, R_CASHEWS, R_AIOCACHE, R_AIOCACHE_NO_TIMEOUT, RAW_ASYNC],
+    ),
+    (
+        "file_array",
+        "@fcache: load of a 50 MB NumPy array (one hit = one load)",
+        [FLOAD, FLOAD_INSECURE, "joblib.Memory.cache load", NP_LOAD],
+    ),
+]
+FLOORS = ("floor", "raw", "numpy.")  # rows that are no cache decorator: the floor drawn grey
+CHART_COLOURS = {"ours": "#d9480f", "peer": "#4c6ef5", "floor": "#adb5bd"}
+CHART_LEGEND = {
+    "ours": "twat-cache",
+    "peer": "functools and peer libraries",
+    "floor": "floor: the bare storage call",
+}
+SVG_SALT = "twat-cache-bench"  # fixed ids in the SVG: reruns diff cleanly
+WL_NOT_RUN = "workload not run"
+PAGE_BEGIN = "<!-- bench:begin"
+PAGE_END = "<!-- bench:end -->"
+
+
+def chart_plan(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the chart draws (ns per hit: median, min, max per row) and what it leaves out."""
+    groups: list[dict[str, Any]] = []
+    omitted: list[dict[str, str]] = []
+    for wname, caption, labels in CHART:
+        res = payload["workloads"].get(wname)
+        bars: list[dict[str, Any]] = []
+        for label in labels:
+            row = (
+                None
+                if res is None
+                else next((r for r in res["rows"] if r["adapter"] == label), None)
+            )
+            if row is None:
+                why = WL_NOT_RUN if res is None else "no such row in the workload"
+            elif row["skipped"] or row["error"]:
+                why = row["skipped"] or f"cannot run: {row['error']}"
+            elif row["median_ns"] is None:
+                why = "no samples"
+            else:
+                why = ""
+            if why or row is None:
+                omitted.append({"workload": wname, "adapter": label, "reason": why})
+                continue
+            kind = "ours" if row["ours"] else "floor" if label.startswith(FLOORS) else "peer"
+            bars.append(
+                {
+                    "adapter": label,
+                    "kind": kind,
+                    **{k: row[k] for k in ("median_ns", "min_ns", "max_ns", "ratio_to_baseline")},
+                }
+            )
+        if bars:
+            groups.append({"workload": wname, "caption": caption, "bars": bars})
+    return {
+        "metric": "ns per hit: median over rounds, whiskers min..max",
+        "groups": groups,
+        "omitted": omitted,
+    }
+
+
+def _human(ns: float, tick: bool = False) -> str:
+    """A duration for a bar's label (85 ns, 12.3 µs, 10.2 ms) or an axis tick (10 µs)."""
+    div, unit = next(((d, u) for d, u in ((1e6, "ms"), (1e3, MICRO)) if ns >= d), (1.0, "ns"))
+    value = ns / div
+    if tick:
+        return f"{value:g} {unit}"
+    return f"{value:.{0 if value >= 100 or unit == 'ns' else 1}f} {unit}"
+
+
+def run_summary(payload: dict[str, Any]) -> str:
+    """Two lines, the chart's subtitle: when and how the run went, then the machine."""
+    mach, conf = payload["machine"], payload["config"]
+    load = mach.get("loadavg") or payload.get("loadavg")
+    kind = "quick run" if conf.get("quick") else "full run"
+    run = [payload.get("date") or "date not recorded", kind]
+    if load:
+        run.append(
+            f"load average {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end"
+        )
+    where = [
+        mach["platform"],
+        *([mach["processor"]] if mach.get("processor") else []),
+        f"{mach.get('cpu_count')} CPUs",
+        mach["python"],
+    ]
+    return ", ".join(run) + "\n" + ", ".join(where)
+
+
+def draw_chart(payload: dict[str, Any], path: str) -> None:
+    """A horizontal bar chart of ns per hit, log scale, one group per decorator of ours."""
+    import matplotlib  # a bench-only dependency, imported only to draw
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    plan = chart_plan(payload)
+    slots: list[tuple[str, dict[str, Any] | None]] = []  # (tick label, bar or None: header)
+    for group in plan["groups"]:
+        slots.append((group["caption"], None))
+        slots += [(bar["adapter"], bar) for bar in group["bars"]]
+    bars = [bar for _, bar in slots if bar is not None]
+    if not bars:
+        raise ValueError("nothing to draw: no hit workload was measured")
+    low = 10 ** math.floor(math.log10(min(b["min_ns"] for b in bars) / 2))
+    high = max(b["max_ns"] for b in bars) * 5  # room for the value labels
+
+    with matplotlib.rc_context({"svg.hashsalt": SVG_SALT, "font.size": 8}):
+        fig = Figure(figsize=(10, 1.4 + 0.24 * len(slots)))
+        ax = fig.add_subplot()
+        ax.set_xscale("log")
+        shade = True
+        for y, (_label, bar) in enumerate(slots):
+            if bar is None:
+                shade = not shade
+                continue
+            if shade:
+                ax.axhspan(y - 0.5, y + 0.5, color="#f1f3f5", zorder=0, lw=0)
+            med, lo, hi = bar["median_ns"], bar["min_ns"], bar["max_ns"]
+            colour = CHART_COLOURS[bar["kind"]]
+            ax.barh(y, med - low, left=low, height=0.7, color=colour, zorder=2)
+            ax.errorbar(
+                med, y, xerr=[[med - lo], [hi - med]], fmt="none", ecolor="#343a40",
+                elinewidth=0.7, capsize=1.5, zorder=3,
+            )  # fmt: skip
+            ax.text(hi * 1.12, y, _human(med), va="center", fontsize=7, zorder=3)
+        ax.set_yticks(range(len(slots)), [label for label, _ in slots])
+        for tick, (_, bar) in zip(ax.get_yticklabels(), slots, strict=True):
+            if bar is None:
+                tick.set_fontweight("bold")
+                tick.set_fontsize(8.5)
+            elif bar["kind"] == "ours":
+                tick.set_color(CHART_COLOURS["ours"])
+        ax.tick_params(axis="y", length=0)
+        ax.set_ylim(len(slots) - 0.5, -0.5)
+        ax.set_xlim(low, high)
+        ax.xaxis.set_major_locator(LogLocator(base=10))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _human(v, tick=True)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(axis="x", which="major", color="#dee2e6", lw=0.6, zorder=1)
+        ax.set_axisbelow(True)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        ax.set_xlabel("ns per hit (log scale); bar: median over rounds, whisker: min to max")
+        ax.legend(
+            handles=[Patch(color=CHART_COLOURS[k], label=v) for k, v in CHART_LEGEND.items()],
+            loc="upper right",
+            fontsize=7.5,
+            framealpha=0.95,
+        )
+        fig.suptitle(
+            "twat-cache: ns per cache hit against functools and peer libraries, one run",
+            fontsize=11,
+            fontweight="bold",
+        )
+        ax.set_title(run_summary(payload), fontsize=8, color="#495057")
+        fig.tight_layout()
+        fmt = os.path.splitext(path)[1].lstrip(".").lower() or "svg"
+        # no date in the SVG's metadata: a redraw of the same JSON is the same file
+        meta = {"Date": None} if fmt == "svg" else None
+        fig.savefig(path, format=fmt, metadata=meta, bbox_inches="tight")
+
+
+def _md(text: str) -> str:
+    """Markdown-safe free text: `code spans` are kept, the rest escaped."""
+    out = []
+    for i, part in enumerate(str(text).split("`")):
+        if i % 2 == 0:
+            part = re.sub(r"([\\*_\[\]|])", r"\\\1", part).replace("<", "&lt;")
+        out.append(part)
+    return "`".join(out)
+
+
+def _code(label: str) -> str:
+    return "`" + label.replace("|", "\\|") + "`"
+
+
+def _row_notes(row: dict[str, Any]) -> str:
+    notes = [
+        row["engine"] and f"engine={row['engine']}",
+        row["note"],
+        *row["notes"],
+        *row["warnings"],
+        row["skipped"],
+        row["error"]
+        and (f"ERROR {row['error']}" if row["ours"] else f"cannot run: {row['error']}"),
+    ]
+    return "; ".join(_md(n) for n in notes if n)
+
+
+def _md_target(t: dict[str, Any]) -> str:
+    fig = _FIGURES[t["op"]]
+    sym = "≥" if t["op"] == "ge" else "≤"
+    if t["measured"] is None:
+        measured, spread = f"not measured ({_md(t.get('note', ''))})", "-"
+    else:
+        measured = fig(t["measured"])
+        spread = f"{fig(t['min'])} … {fig(t['max'])}"
+    status = f"**{t['status']}**" if t["status"] != "PASS" else "PASS"
+    return (
+        f"| {t['workload']} | {_code(t['label'])} | {measured} | {sym} {fig(t['bound'])} "
+        f"| {spread} | {status} |"
+    )
+
+
+_FIGURES: dict[str, Callable[[float], str]] = {
+    "le": lambda v: f"{v:.2f}{TIMES}",
+    "ge": lambda v: f"{v:.2f}{TIMES}",
+    "add": lambda v: f"{v / 1e3:+,.2f} {MICRO}",
+}
+
+
+def _md_workload(name: str, res: dict[str, Any]) -> list[str]:
+    head, div = UNITS[res["unit"]]
+    each = f"{res['calls']:,} calls" if res["calls"] > 1 else "one call"
+    bases = list(dict.fromkeys(r["base"] for r in res["rows"]))
+    rows = sorted(
+        res["rows"],
+        key=lambda r: (bases.index(r["base"]), ROLE_ORDER.get(r["role"], len(ROLE_ORDER))),
+    )
+    out = [
+        f"#### {name}",
+        "",
+        f"{_md(res['title'])}. {res['rounds']} rounds {TIMES} {each} per sample.",
+        "",
+    ]
+    if res.get("notes"):
+        out += [_md(" ".join(res["notes"])), ""]
+    paired_with = (
+        f"the same round's {_code(bases[0])}"
+        if len(bases) == 1
+        else "the same round's time of the row named beside it"
+    )
+    out += [
+        f"{TIMES} base: each round's time over {paired_with}, then the median over rounds.",
+        "",
+        f"| adapter | role | {head} | min | max | {TIMES} base | engine / note |",
+        "|---|---|--:|--:|--:|--:|---|",
+    ]
+    for r in rows:
+        role = r["role"] + (" (ours)" if r["ours"] and r["role"] not in ("ours",) else "")
+        name_cell = f"**{_code(r['adapter'])}**" if r["ours"] else _code(r["adapter"])
+        med, lo, hi = (
+            None if v is None else v / div for v in (r["median_ns"], r["min_ns"], r["max_ns"])
+        )
+        base = "" if len(bases) == 1 else f" ({_md(r['base'])})"
+        out.append(
+            f"| {name_cell} | {role} | {_ns(med)} | {_ns(lo)} | {_ns(hi)} "
+            f"| {_x(r['ratio_to_baseline'])}{base} | {_row_notes(r)} |"
+        )
+    if res.get("paired"):
+        out += ["", "Paired ratios (per round, then the median):", ""]
+    for c in res.get("paired", []):
+        m = c["measured"]
+        figure = (
+            "not measured"
+            if m is None
+            else f"{m:.2f}{TIMES} (rounds {min(c['rounds']):.2f} … {max(c['rounds']):.2f})"
+        )
+        out.append(f"- {_code(c['a'])} / {_code(c['b'])} = {figure}")
+    return [*out, ""]
+
+
+def page_section(payload: dict[str, Any]) -> list[str]:
+    """The performance page's generated part: the run, versions, targets, every table."""
+    mach, conf, vers = payload["machine"], payload["config"], payload["versions"]
+    load = mach.get("loadavg") or payload.get("loadavg") or {}
+    redis = payload.get("redis_server") or {}
+    kind = "quick (`--quick`)" if conf.get("quick") else "full"
+    out = [
+        "### The run",
+        "",
+        f"- **When**: {_md(payload.get('date', 'unknown'))}, {kind} run, "
+        f"{payload.get('elapsed_s', 0):,.0f} s in all",
+        f"- **Machine**: {_md(mach['platform'])} ({_md(mach['machine'])})"
+        + (f", {_md(mach['processor'])}" if mach.get("processor") else "")
+        + f", {mach['cpu_count']} CPUs ({mach.get('cpu_affinity')} usable)",
+        f"- **Python**: {_md(mach['python'])}",
+        "- **Load average** (1 min): "
+        + (
+            f"{load['start'][0]:.2f} at the start, {load['end'][0]:.2f} at the end"
+            if load
+            else "not recorded"
+        ),
+        "- **Redis**: "
+        + (
+            f"redis-server {redis['version']}, the bench's own on 127.0.0.1"
+            if redis.get("version")
+            else _md(redis.get("skipped") or "not run")
+        ),
+        f"- **Method**: {conf['rounds']} rounds {TIMES} {conf['calls']:,} calls per sample unless "
+        "a table says otherwise; adapter order rotated each round; GC off while timing",
+        "",
+        "| library | version |",
+        "|---|---|",
+        *(f"| {_md(lib)} | {_md(v)} |" for lib, v in vers.items()),
+        "",
+        "### Targets",
+        "",
+        "Each target is a paired figure: computed within every round, then the median.",
+        "",
+        "| workload | measure | measured | target | rounds | status |",
+        "|---|---|--:|--:|--:|---|",
+        *(_md_target(t) for t in payload["targets"]),
+        "",
+    ]
+    counts = collections.Counter(t["status"] for t in payload["targets"])
+    out += [
+        f"{counts['PASS']} of {len(payload['targets'])} targets met in this run"
+        + "".join(f"; {n} {status}" for status, n in sorted(counts.items()) if status != "PASS")
+        + ".",
+        "",
+    ]
+    omitted = chart_plan(payload)["omitted"]
+    not_run = list(dict.fromkeys(o["workload"] for o in omitted if o["reason"] == WL_NOT_RUN))
+    rows = [o for o in omitted if o["reason"] != WL_NOT_RUN]
+    if not_run:
+        out += [f"Not in this run, so not in the chart: {', '.join(not_run)}.", ""]
+    if rows:
+        out += [
+            "Left out of the chart: "
+            + "; ".join(
+                f"{_code(o['adapter'])} in {o['workload']} ({_md(o['reason'])})" for o in rows
+            )
+            + ".",
+            "",
+        ]
+    out += ["### Every workload", ""]
+    for name, res in payload["workloads"].items():
+        out += _md_workload(name, res)
+    return out
+
+
+def write_page(payload: dict[str, Any], path: str) -> None:
+    """Replace the part of `path` between its bench markers with `page_section`."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    start, end = page_markers(text)
+    head = text[: text.index("\n", start) + 1]  # the begin marker's line stays as written
+    body = "\n".join(["", *page_section(payload)]).rstrip("\n") + "\n\n"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(head + body + text[end:])
+
+
+def page_markers(text: str) -> tuple[int, int]:
+    """Offsets of the begin marker and of the end marker; ValueError when missing."""
+    start, end = text.find(PAGE_BEGIN), text.find(PAGE_END)
+    if start < 0 or end < start:
+        raise ValueError(
+            f"needs a line starting {PAGE_BEGIN} and, after it, a line {PAGE_END}: "
+            "the run's tables are written between them"
+        )
+    return start, end
+
+
+# --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
 
@@ -2006,7 +2472,35 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="override the number of rounds")
     p.add_argument("--calls", type=int, help="override the calls per sample")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument(
+        "--chart", metavar="PATH", help="draw ns per hit as a chart (.svg or .png; matplotlib)"
+    )
+    p.add_argument(
+        "--markdown",
+        metavar="PAGE",
+        help=f"rewrite PAGE's generated part (between {PAGE_BEGIN} and {PAGE_END}) from the run",
+    )
+    p.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="measure nothing: draw --chart and --markdown from an earlier --json file",
+    )
     cfg = p.parse_args(argv)
+    if cfg.chart:
+        if importlib.util.find_spec("matplotlib") is None:
+            p.error("--chart needs matplotlib: pip install -e '.[bench]'")
+        if os.path.splitext(cfg.chart)[1].lower() not in (".svg", ".png"):
+            p.error("--chart PATH must end in .svg or .png")
+    if cfg.markdown:
+        try:
+            with open(cfg.markdown, encoding="utf-8") as fh:
+                page_markers(fh.read())
+        except (OSError, ValueError) as e:
+            p.error(f"--markdown {cfg.markdown}: {e}")
+    if cfg.from_json and not (cfg.chart or cfg.markdown):
+        p.error("--from-json draws: give --chart PATH and/or --markdown PAGE")
+    if cfg.from_json and cfg.json:
+        p.error("--from-json reads results; --json writes them: give one")
     cfg.rounds_given, cfg.calls_given = cfg.rounds, cfg.calls  # override every workload's own
     cfg.rounds = cfg.rounds or (3 if cfg.quick else 7)
     cfg.calls = cfg.calls or (20_000 if cfg.quick else 200_000)
@@ -2042,6 +2536,7 @@ def report(wl: Workload, rows: list[Row], runner: Runner) -> dict[str, Any]:
     """One workload's results for --json (times in ns whatever the table's unit)."""
     return {
         "title": wl.title,
+        "notes": wl.notes,
         "baseline": wl.baseline,
         "unit": wl.unit,
         "rounds": runner.rounds,
@@ -2082,7 +2577,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if cfg.from_json:
+        with open(cfg.from_json, encoding="utf-8") as fh:
+            return 0 if render(json.load(fh), cfg, log) else 1
+
     started = time.monotonic()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     mach, vers = machine(), versions()
     load_start = os.getloadavg()
     import_error = None
@@ -2146,36 +2646,56 @@ def main(argv: list[str] | None = None) -> int:
         for row in res["rows"]
         if row["ours"] and row["error"]
     ]
+    mach["loadavg"] = {"start": load_start, "end": load_end}
+    payload = {
+        "date": date,
+        "machine": mach,
+        "versions": vers,
+        "config": {
+            "quick": cfg.quick,
+            "rounds": cfg.rounds,
+            "calls": cfg.calls,
+            "workloads": cfg.names,
+        },
+        "twat_cache_import_error": import_error,
+        "redis_server": {"version": SERVER.version, "skipped": SERVER.reason or None}
+        if any(WORKLOADS[name].server for name in cfg.names)
+        else None,
+        "workloads": results,
+        "targets": targets,
+        "ours_errors": ours_errors,
+        "elapsed_s": elapsed,
+        "loadavg": {"start": load_start, "end": load_end},
+    }
+    payload["chart"] = chart_plan(payload)
     if cfg.json:
-        payload = {
-            "machine": mach,
-            "versions": vers,
-            "config": {
-                "quick": cfg.quick,
-                "rounds": cfg.rounds,
-                "calls": cfg.calls,
-                "workloads": cfg.names,
-            },
-            "twat_cache_import_error": import_error,
-            "redis_server": {"version": SERVER.version, "skipped": SERVER.reason or None}
-            if any(WORKLOADS[name].server for name in cfg.names)
-            else None,
-            "workloads": results,
-            "targets": targets,
-            "ours_errors": ours_errors,
-            "elapsed_s": elapsed,
-            "loadavg": {"start": load_start, "end": load_end},
-        }
         with open(cfg.json, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2)
         log(f"wrote {cfg.json}")
+    drawn = render(payload, cfg, log)
     if import_error or ours_errors:
         log(
             "FAILED: "
             + ("twat_cache cannot be imported" if import_error else "; ".join(ours_errors))
         )
         return 1
-    return 0
+    return 0 if drawn else 1
+
+
+def render(payload: dict[str, Any], cfg: argparse.Namespace, log: Callable[[str], None]) -> bool:
+    """Draw --chart and write --markdown from a payload; False when one of them failed."""
+    ok = True
+    for path, draw in ((cfg.chart, draw_chart), (cfg.markdown, write_page)):
+        if not path:
+            continue
+        try:
+            draw(payload, path)
+        except Exception as e:  # the figures are measured and saved: say what failed
+            log(f"FAILED: writing {path}: {_err(e)}")
+            ok = False
+        else:
+            log(f"wrote {path}")
+    return ok
 
 
 if __name__ == "__main__":
