@@ -68,7 +68,6 @@ import re
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -341,16 +340,8 @@ def _ident(x: Any) -> Any:
 
 
 # --------------------------------------------------------------------------
-# the bench's own redis-server (start logic as in tests/_redis.py)
+# the bench's own redis-server (twat_cache._redis_server, as the tests use)
 # --------------------------------------------------------------------------
-
-REDIS_STARTUP = 10.0  # seconds for the started server to answer PING
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class BenchRedis:
@@ -363,90 +354,30 @@ class BenchRedis:
         self.port = 0
         self.version = ""
         self.reason = "the Redis workloads were not selected"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.directory: str | None = None
+        self._server: Any = None
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+        from twat_cache._redis_server import RedisServer
+
+        if shutil.which("redis-server") is None:
             self.reason = "redis-server not found on PATH (apt-get install redis-server)"
             return
         for _attempt in range(3):  # a free port can be taken meanwhile: another one
-            self.directory = tempfile.mkdtemp(prefix="twat-cache-bench-redis-")
-            self.port = free_port()
+            server = RedisServer()
             try:
-                self._launch(binary)
+                server.start()
             except RuntimeError as e:
                 self.reason = f"redis-server did not start: {e}"
-                self.stop()
+                server.close()
                 continue
-            self.url = f"redis://127.0.0.1:{self.port}/0"
-            self.reason = ""
-            info = self.command("INFO", "server").decode(errors="replace")
-            found = re.search(r"redis_version:(\S+)", info)
-            self.version = found.group(1) if found else "?"
+            self._server, self.port, self.url = server, server.port, server.url
+            self.version, self.reason = server.version, ""
             return
 
-    def _launch(self, binary: str) -> None:
-        assert self.directory is not None
-        log = os.path.join(self.directory, "redis.log")
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    "--port", str(self.port),
-                    "--bind", "127.0.0.1",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", self.directory,
-                    "--daemonize", "no",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        deadline = time.monotonic() + REDIS_STARTUP
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                with open(log, errors="replace") as fh:
-                    raise RuntimeError(f"exited on port {self.port}: {fh.read()[-300:]}")
-            with contextlib.suppress(OSError):
-                if self.command("PING") == b"+PONG":
-                    return
-            time.sleep(0.02)
-        raise RuntimeError(f"no answer to PING on port {self.port} in {REDIS_STARTUP:.0f} s")
-
-    def command(self, *args: str) -> bytes:
-        """One command (inline protocol); the reply's first line, or a bulk reply's body."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
-            conn.sendall(" ".join(args).encode() + b"\r\n")
-            reply = b""
-            while True:
-                chunk = conn.recv(65536)
-                reply += chunk
-                if not chunk or (reply.endswith(b"\r\n") and self._complete(reply)):
-                    break
-        return reply.split(b"\r\n", 1)[1].strip() if reply[:1] == b"$" else reply.strip()
-
-    @staticmethod
-    def _complete(reply: bytes) -> bool:
-        if reply[:1] != b"$":
-            return True
-        head, _, body = reply.partition(b"\r\n")
-        return len(body) >= int(head[1:]) + 2
-
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         self.url = None
 
 

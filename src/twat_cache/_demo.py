@@ -11,15 +11,12 @@ import inspect
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -267,65 +264,16 @@ REDIS_URL_ENV = "TWAT_CACHE_REDIS_URL"
 # The second process imports this module by name, so that the cached function's module
 # (part of its keys on the server) is the same in both processes.
 _CHILD = "import sys; from twat_cache._demo import redis_child; sys.exit(redis_child(sys.argv[1]))"
-REDIS_START_TIMEOUT = 5.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager
 def private_redis(binary: str) -> Iterator[str]:
     """A redis-server of our own on a free local port, in a temporary directory, without
     persistence; stopped and removed on exit. Yields its URL."""
-    directory = Path(tempfile.mkdtemp(prefix="twat-demo-redis-"))
-    process: subprocess.Popen[bytes] | None = None
-    try:
-        for _attempt in range(3):  # a free port can be taken between probing and binding
-            port = _free_port()
-            process = subprocess.Popen(
-                [
-                    binary,
-                    "--port", str(port),
-                    "--bind", "127.0.0.1",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(directory),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-            deadline = time.monotonic() + REDIS_START_TIMEOUT
-            while process.poll() is None and time.monotonic() < deadline and not _ping(port):
-                time.sleep(0.02)
-            if process.poll() is None and _ping(port):
-                break
-            process.kill()
-            process.wait()
-        else:
-            raise RuntimeError(f"{binary} did not start")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+    from twat_cache._redis_server import private_server
+
+    with private_server(binary) as server:
+        yield server.url
 
 
 def redis_child(url: str) -> int:
