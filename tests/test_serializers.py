@@ -570,3 +570,31 @@ def test_a_bad_secret_file_is_a_clear_error(tmp_path: Path, size: int) -> None:
     assert str(path) in str(info.value)
     assert "delete it" in str(info.value)
     assert path.read_bytes() == b"s" * size  # left for the user to inspect
+
+
+# --- payloads bound to their key -------------------------------------------------------------
+
+
+def test_a_payload_bound_to_a_key_verifies_under_that_key_only(decoded: list[str]) -> None:
+    serializer = Serializer(CacheConfig(secure=True), secret=b"k" * 32)
+    payload = serializer.dumps({"user": 1}, b"cache\0key-a")
+    assert serializer.loads(payload, b"cache\0key-a") == {"user": 1}
+    decoded.clear()
+    # Swapped under another key, moved to another cache, or read without its key: rejected,
+    # and nothing is deserialized.
+    for context in (b"cache\0key-b", b"other\0key-a", b""):
+        with pytest.raises(PayloadError, match="does not verify"):
+            serializer.loads(payload, context)
+    # Length-prefixed: moving bytes between the key and the body cannot forge a match.
+    body = serializer.encode("v")
+    assert serializer.frame(body, b"ab") != serializer.frame(body, b"a")
+    with pytest.raises(PayloadError):
+        serializer.unframe(serializer.frame(b"b" + body, b"a"), b"ab")
+    assert decoded == []
+
+
+def test_an_unbound_payload_does_not_verify_under_a_key() -> None:
+    serializer = Serializer(CacheConfig(secure=True), secret=b"k" * 32)
+    with pytest.raises(PayloadError):
+        serializer.loads(serializer.dumps("v"), b"some key")
+    assert serializer.loads(serializer.dumps("v", b"")) == "v"  # no key: as before

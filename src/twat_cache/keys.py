@@ -8,6 +8,7 @@ import pickle
 import struct
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
+from decimal import Decimal
 from types import MethodType, ModuleType
 from typing import Any
 
@@ -94,7 +95,8 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
     """Build the function turning one argument into a hashable, collision-free key part.
 
     Typed (the default): `1`, `1.0`, `True`, `"1"` and `b"1"` give five different parts,
-    `-0.0` differs from `0.0`, and containers are converted recursively (lists, dicts and
+    `-0.0` differs from `0.0` (in NumPy scalars too), `Decimal("1")` from `Decimal("1.00")`,
+    and containers are converted recursively (lists, dicts and
     sets work; dicts and sets ignore order). Untyped: values equal by `==` share a part.
 
     >>> norm = make_normalizer()
@@ -167,6 +169,16 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
             return (cls if typed else _MAP, pairs(value))
         if isinstance(value, set | frozenset):
             return (cls if typed else _SET, members(value))
+        if typed:
+            # Values that compare equal although a function can tell them apart:
+            # float subclasses (numpy.float64) -0.0 and 0.0, Decimal('1') and
+            # Decimal('1.00'), and NumPy scalars of any kind.
+            if isinstance(value, float):
+                return (cls, float.hex(value))
+            if cls is Decimal:
+                return (cls, value.as_tuple())
+            if cls.__module__ == "numpy" and hasattr(value, "tobytes"):
+                return (cls, value.tobytes())
         try:
             hash(value)
         except TypeError:

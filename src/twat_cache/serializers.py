@@ -10,6 +10,7 @@ import lzma
 import os
 import pickle
 import secrets
+import struct
 import tempfile
 import threading
 import zlib
@@ -28,6 +29,7 @@ MAGIC = b"TWC\x01"
 MAC_SIZE = 32
 _MAC_AT = len(MAGIC) + 1
 _HEADER = _MAC_AT + MAC_SIZE
+_CONTEXT_LEN = struct.Struct(">Q")
 _VIEW_FROM = 1 << 16  # bodies from this size on are returned as views, not copies
 _PICKLE, _JSON = 0x01, 0x02
 _ZLIB, _LZMA = 0x10, 0x20
@@ -160,8 +162,12 @@ class Serializer:
             self._mac = hashlib.blake2b(key=self._secret, digest_size=MAC_SIZE)
             self._mac.update(self._flag_byte)
 
-    def _sign(self, body: bytes | memoryview) -> bytes:
+    def _sign(self, body: bytes | memoryview, context: bytes) -> bytes:
         mac = self._mac.copy()  # type: ignore[union-attr]  # only called when secure
+        if context:
+            # Length-prefixed, so that no (context, body) pair signs like another.
+            mac.update(_CONTEXT_LEN.pack(len(context)))
+            mac.update(context)
         mac.update(body)
         return mac.digest()
 
@@ -183,17 +189,20 @@ class Serializer:
             body = lzma.compress(body)
         return body
 
-    def frame(self, body: bytes) -> bytes:
-        """Wrap a body in the header, signing it when `secure`."""
-        mac = self._sign(body) if self.secure else bytes(MAC_SIZE)
+    def frame(self, body: bytes, context: bytes = b"") -> bytes:
+        """Wrap a body in the header, signing it when `secure`. A `context` (the key the
+        payload is stored under) is signed with it but not stored: the payload then verifies
+        only under that key, so entries swapped between keys are rejected."""
+        mac = self._sign(body, context) if self.secure else bytes(MAC_SIZE)
         return b"".join((MAGIC, self._flag_byte, mac, body))
 
-    def dumps(self, value: Any) -> bytes:
-        """A complete payload for `value`."""
-        return self.frame(self.encode(value))
+    def dumps(self, value: Any, context: bytes = b"") -> bytes:
+        """A complete payload for `value` (bound to `context`, see `frame`)."""
+        return self.frame(self.encode(value), context)
 
-    def unframe(self, payload: bytes | memoryview) -> bytes | memoryview:
-        """Check a payload's header and signature; return its body, or raise PayloadError.
+    def unframe(self, payload: bytes | memoryview, context: bytes = b"") -> bytes | memoryview:
+        """Check a payload's header and signature (under `context`, see `frame`); return its
+        body, or raise PayloadError.
 
         The body is a copy for small payloads (cheaper than a view) and a view of large
         ones (no second copy of megabytes)."""
@@ -205,7 +214,8 @@ class Serializer:
                 "payload written with other settings (format, compression or signing)"
             )
         body = data[_HEADER:] if len(data) < _VIEW_FROM else memoryview(data)[_HEADER:]
-        if self.secure and not hmac.compare_digest(self._sign(body), data[_MAC_AT:_HEADER]):
+        mac = data[_MAC_AT:_HEADER]
+        if self.secure and not hmac.compare_digest(self._sign(body, context), mac):
             raise PayloadError("payload signature does not verify (tampered or foreign key)")
         return body
 
@@ -222,6 +232,7 @@ class Serializer:
         except Exception as exc:
             raise PayloadError(f"payload does not decode: {type(exc).__name__}: {exc}") from exc
 
-    def loads(self, payload: bytes | memoryview) -> Any:
-        """The value of a payload; raises PayloadError for anything that does not verify."""
-        return self.decode(self.unframe(payload))
+    def loads(self, payload: bytes | memoryview, context: bytes = b"") -> Any:
+        """The value of a payload; raises PayloadError for anything that does not verify
+        (under `context`, see `frame`)."""
+        return self.decode(self.unframe(payload, context))

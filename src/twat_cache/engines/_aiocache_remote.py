@@ -199,22 +199,25 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
 
     async def aget(self, key: Any, default: Any = None) -> Any:
         cache = await self._cache()
-        payload = await cache.get(self.key_of(key))
+        full = self.key_of(key)
+        payload = await cache.get(full)
         if payload is None:
             return default
         try:
-            return self.serializer.loads(payload)
+            # Bound to its key (signed with it): an entry copied under another key fails.
+            return self.serializer.loads(payload, full.encode())
         except Exception as exc:  # forged, foreign or corrupt: a miss, and dropped
             await self.arejected(key, exc)
             return default
 
     async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
         seconds = self._check_ttl(ttl)
-        payload = self.serializer.dumps(value)
+        full = self.key_of(key)
+        payload = self.serializer.dumps(value, full.encode())
         cache = await self._cache()
         # A float ttl is sent in milliseconds (PX); at least 1 ms, as 0 would be refused.
         expire = None if seconds is None else max(float(seconds), 0.001)
-        await cache.set(self.key_of(key), payload, ttl=expire)
+        await cache.set(full, payload, ttl=expire)
 
     async def adelete(self, key: Any) -> bool:
         cache = await self._cache()

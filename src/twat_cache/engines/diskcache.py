@@ -188,10 +188,12 @@ class DiskCacheEngine(PersistentEngine):
     `maxsize` as bytes ("500MB", and the 1 GiB default) is diskcache's `size_limit`, culled
     by diskcache itself; as an int it counts entries, culled after each write in the
     policy's order. A hit under "lru" or "lfu" records the access in a write transaction
-    (diskcache's get); under the other policies it is one SELECT and writes nothing. Reads
-    and writes wait at most `BUSY_TIMEOUT` seconds for a locked database, then raise
-    `diskcache.Timeout` (the wrapper then calls the function uncached); in WAL mode a
-    writer's lock does not block readers. Keys are str; other keys (CacheContext users)
+    (diskcache's get); under the other policies it is one SELECT and writes nothing. The
+    wrapper's reads and writes wait at most `BUSY_TIMEOUT` seconds for a locked database,
+    then raise `diskcache.Timeout` (the wrapper then calls the function uncached: a call
+    never stalls long on a cache); a direct `set` or `delete` (a `CacheContext` user's)
+    keeps trying for `WRITE_PATIENCE` seconds, since its caller asked for that write. In
+    WAL mode a writer's lock does not block readers. Keys are str; other keys (CacheContext users)
     are turned into stable digests.
 
     >>> engine = DiskCacheEngine(CacheConfig(folder_name="doc-diskcache"))
@@ -205,6 +207,9 @@ class DiskCacheEngine(PersistentEngine):
     capabilities = persistent_capabilities(frozenset(_POLICIES))
     #: Seconds a read or write waits for another connection's lock (SQLite busy timeout).
     BUSY_TIMEOUT: ClassVar[float] = 1.0
+    #: Seconds a direct `set`/`delete` keeps retrying while other writers hold the database
+    #: (many processes writing large values at once), before raising `diskcache.Timeout`.
+    WRITE_PATIENCE: ClassVar[float] = 10.0
     #: Seconds opening waits for a lock: concurrent processes creating one database.
     OPEN_TIMEOUT: ClassVar[float] = 5.0
     #: Seconds a value file no row references may wait for its writer to commit the row
@@ -232,6 +237,7 @@ class DiskCacheEngine(PersistentEngine):
         self._ttl = self.config.ttl
         self._cache = self._open(settings)
         self._disk: _PayloadDisk = self._cache.disk
+        self._folder = f"{self.config.folder_name}\0".encode()
         self._dumps = self.serializer.dumps
         self._loads = self.serializer.loads
         # lru and lfu hits update the row (access time or count) inside diskcache's write
@@ -312,10 +318,15 @@ class DiskCacheEngine(PersistentEngine):
             if payload is MISS:
                 return default
         try:
-            return self._loads(payload)
+            return self._loads(payload, self._context(key))
         except PayloadError as exc:
             self.rejected(key, exc)
             return default
+
+    def _context(self, key: str) -> bytes:
+        # What a payload is bound to (signed with): this folder and this key, so an entry
+        # copied under another key, or from another cache's database, does not verify.
+        return self._folder + key.encode("utf-8", "surrogatepass")
 
     def _select(self, key: str, default: Any) -> Any:
         """`diskcache.Cache.get(key, default)` where hits write nothing, without its per-call
@@ -357,14 +368,25 @@ class DiskCacheEngine(PersistentEngine):
         return MISS
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        self._store(key, value, self._check_ttl(ttl))
+        self._patiently(self._store, key, value, self._check_ttl(ttl))
+
+    def _patiently(self, operation: Any, *args: Any) -> Any:
+        # Each attempt waits BUSY_TIMEOUT inside SQLite's busy handler: no busy loop here.
+        deadline = time.monotonic() + self.WRITE_PATIENCE
+        while True:
+            try:
+                return operation(*args)
+            except diskcache.Timeout:
+                if time.monotonic() >= deadline:
+                    raise
 
     def put(self, key: Any, value: Any) -> None:
         self._store(key, value, self._ttl)
 
     def _store(self, key: Any, value: Any, ttl: float | None) -> None:
-        payload = self._dumps(value)  # UnserializableError: nothing has touched the disk
         key = self.key_text(key)
+        # UnserializableError: nothing has touched the disk.
+        payload = self._dumps(value, self._context(key))
         if self._count_limit == 0:
             return
         try:
@@ -411,7 +433,7 @@ class DiskCacheEngine(PersistentEngine):
 
     def delete(self, key: Any) -> bool:
         key = self.key_text(key)
-        return bool(self._cache.delete(key))
+        return bool(self._patiently(self._cache.delete, key))
 
     def clear(self) -> None:
         self._cache.clear()

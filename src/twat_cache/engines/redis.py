@@ -331,7 +331,7 @@ class RedisEngine(SerializingEngine):
         if payload is None:
             return default
         try:
-            return self.serializer.loads(payload)
+            return self.serializer.loads(payload, self._full(key).encode())
         except PayloadError as exc:
             self.rejected(key, exc)
             return default
@@ -340,7 +340,7 @@ class RedisEngine(SerializingEngine):
         if payload is None:
             return default
         try:
-            return self.serializer.loads(payload)
+            return self.serializer.loads(payload, self._full(key).encode())
         except PayloadError as exc:
             await self.arejected(key, exc)
             return default
@@ -362,7 +362,7 @@ class RedisEngine(SerializingEngine):
         return self._decode(key, payload, default)
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        payload = self.serializer.dumps(value)
+        payload = self.serializer.dumps(value, self._full(key).encode())
         args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
         self._call(self._scripts["store"], keys=(self._full(key), self._index), args=args)
 
@@ -438,7 +438,7 @@ class RedisEngine(SerializingEngine):
 
     async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
         _, scripts = await self._aclient()
-        payload = self.serializer.dumps(value)
+        payload = self.serializer.dumps(value, self._full(key).encode())
         args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
         await self._acall(scripts["store"], keys=(self._full(key), self._index), args=args)
 
