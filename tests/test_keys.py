@@ -914,3 +914,30 @@ def test_digest_format_and_namespaces() -> None:
     assert stable_digest("pkg.mod.func", (1, "a"), {"k": [1]}) == digest
     assert stable_digest("pkg.mod.func", (1, "a")) != digest
     assert stable_digest("pkg.mod.func", (1, "a"), {}) == stable_digest("pkg.mod.func", (1, "a"))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (Decimal("1"), Decimal("1.00")),
+        (Decimal("0"), Decimal("-0")),
+        ([Decimal("1.0")], [Decimal("1.00")]),
+        (frozenset({Decimal("1"), "z"}), frozenset({Decimal("1.0"), "z"})),
+        ({"k": Decimal("0")}, {"k": Decimal("-0")}),
+    ],
+)
+def test_equal_values_a_function_can_tell_apart_get_different_keys(a: Any, b: Any) -> None:
+    # Equal and of one type, yet str() or the sign shows the difference: typed keys keep
+    # them apart, so neither call is answered with the other's result.
+    assert a == b
+    norm = make_normalizer()
+    assert norm(a) != norm(b)
+
+
+def test_numpy_scalars_keep_their_sign_and_type() -> None:
+    np = pytest.importorskip("numpy")
+    norm = make_normalizer()
+    assert norm(np.float64(0.0)) != norm(np.float64(-0.0))
+    assert norm([np.float32(-0.0)]) != norm([np.float32(0.0)])
+    assert norm(np.float64(1.5)) != norm(1.5)  # another type, as 1 and 1.0 are
+    assert norm(np.int64(3)) == norm(np.int64(3))
