@@ -177,8 +177,10 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
                 return (cls, float.hex(value))
             if cls is Decimal:
                 return (cls, value.as_tuple())
-            if cls.__module__ == "numpy" and hasattr(value, "tobytes"):
-                return (cls, value.tobytes())
+            if cls.__module__ == "numpy" and getattr(value, "dtype", None) is not None:
+                dtype = value.dtype
+                if dtype.kind != "O":  # object arrays hold pointers: pickled below
+                    return (cls, str(dtype), value.shape, value.tobytes())
         try:
             hash(value)
         except TypeError:

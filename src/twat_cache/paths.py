@@ -19,6 +19,7 @@ __all__ = [
     "cache_root",
     "default_folder",
     "folder_bytes",
+    "make_private_dirs",
     "private_dir",
     "validate_folder_name",
 ]
@@ -113,6 +114,25 @@ def folder_bytes(directory: Path) -> int:
     return size
 
 
+def make_private_dirs(path: str | os.PathLike[str]) -> None:
+    """Create `path` and every missing parent with mode 0700 (`os.makedirs` gives the
+    parents it creates the default mode, 0755 under the usual umask)."""
+    missing = []
+    current = os.fspath(path)
+    while current and not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:  # created meanwhile by another thread or process
+            if not os.path.isdir(directory):
+                raise
+
+
 def private_dir(path: Path) -> Path:
     """Create `path` (and missing parents) 0700, or check an existing one is private.
 
@@ -120,7 +140,7 @@ def private_dir(path: Path) -> Path:
     an attacker can plant there would be read back as cache entries.
     """
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(path)
         info = path.lstat()
     except OSError as exc:
         raise ConfigurationError(f"cannot create the cache directory {path}: {exc}") from exc

@@ -18,6 +18,7 @@ from typing import Any
 
 import klepto.archives
 
+from twat_cache.paths import make_private_dirs
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DirStore", "Entry", "SqlStore"]
@@ -77,7 +78,7 @@ class DirStore:
     def write(self, name: str, record: list[Any]) -> None:
         expected = len(json.dumps(record))
         start = time.time() - 0.05  # file timestamps come from a coarser clock
-        os.makedirs(self.root, 0o700, exist_ok=True)  # a concurrent clear may have pruned it
+        make_private_dirs(self.root)  # a concurrent clear may have pruned it
         self.archive[name] = record
         # klepto swallows OSError while writing (full disk, read-only dir) and may even move
         # a half-written file into place: check that our entry landed.

@@ -22,7 +22,7 @@ from twat_cache.config import CacheConfig
 from twat_cache.engines._diskcache_tools import is_value_file, live_entries, remove_orphans
 from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
-from twat_cache.paths import folder_bytes
+from twat_cache.paths import folder_bytes, make_private_dirs
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DiskCacheEngine"]
@@ -113,7 +113,7 @@ class _PayloadDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no 
         # never a wrong entry. A failed write removes what it wrote (a full disk).
         for attempt in range(10):
             try:
-                os.makedirs(os.path.dirname(full_path), mode=0o700, exist_ok=True)
+                make_private_dirs(os.path.dirname(full_path))
                 fd = os.open(full_path, _CREATE, 0o600)
                 break
             except FileNotFoundError:

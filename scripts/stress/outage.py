@@ -1,0 +1,231 @@
+"""Scenario 7, Redis outage: a cached function is called at a steady pace (spread
+over several seconds, so the circuit breaker's cool-down passes) while its Redis server
+refuses connections, accepts them and never answers (a blackhole), or is killed and started
+again mid-run. Every call must return the right result; the added latency stays bounded
+(p99 within twice the operation timeout, within 1 ms while the breaker is open); and once
+the server is back, caching resumes by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from stress.common import (
+    ALL,
+    PROFILES,
+    YES,
+    Rows,
+    at_most,
+    duration,
+    percent,
+    progress,
+    quantile,
+)
+from stress.servers import Blackhole, RedisServer, free_port, private_server, redis_binary
+
+NAME = "outage"
+KEYS = 50
+
+
+@dataclass
+class Call:
+    seconds: float
+    ok: bool
+    hit: bool
+    breaker_open: bool
+    outage: bool
+
+
+class Subject:
+    """The cached function under test and what it saw."""
+
+    def __init__(self, url: str, folder: str, cooldown: float | None) -> None:
+        from twat_cache import ucache
+
+        self.executions = 0
+        options = {} if cooldown is None else {"cooldown": cooldown}
+
+        def square(x: int) -> int:
+            self.executions += 1
+            return x * x
+
+        self.f = ucache(url=url, folder_name=folder, **options)(square)
+        # Private, read only: tells the calls made while the breaker skips the server.
+        self.breaker = self.f.cache_engine._breaker
+        self.timeout = self.f.cache_engine.config.timeout
+        self.cooldown = self.f.cache_engine.config.cooldown
+
+    def call(self, x: int, outage: bool) -> Call:
+        breaker_open = self.breaker.open_until > time.monotonic()
+        before = self.executions
+        started = time.perf_counter()
+        try:
+            ok = self.f(x) == x * x
+        except Exception:
+            ok = False
+        seconds = time.perf_counter() - started
+        return Call(seconds, ok, self.executions == before, breaker_open, outage)
+
+    def until_hit(self, limit: float) -> float | None:
+        """Call until one call is a hit; the seconds it took (None: not within `limit`)."""
+        started = time.monotonic()
+        while time.monotonic() - started < limit:
+            for x in range(KEYS):
+                if self.call(x, outage=False).hit:
+                    return time.monotonic() - started
+            time.sleep(0.01)
+        return None
+
+
+def paced(subject: Subject, calls: int, seconds: float, events: dict[int, Any]) -> list[Call]:
+    """`calls` calls spread evenly over `seconds`; `events[n]()` runs before call n and
+    returns whether the server is down from then on."""
+    interval = seconds / calls
+    start = time.monotonic()
+    down = False
+    made = []
+    for n in range(calls):
+        if n in events:
+            down = events[n]()
+        wait = start + n * interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        made.append(subject.call(n % KEYS, outage=down))
+    return made
+
+
+def _judge(
+    rows: Rows, kind: str, subject: Subject, calls: list[Call], resumed: float | None
+) -> None:
+    engine = f"redis ({kind})"
+    good = sum(call.ok for call in calls)
+    fraction, shown = percent(good, len(calls))
+    rows.judge(engine, "calls that succeed", fraction, ALL, shown=shown)
+    during = [call.seconds for call in calls if call.outage]
+    p99 = quantile(during, 0.99)
+    limit = 2 * subject.timeout
+    rows.judge(
+        engine,
+        "p99 added latency during the outage",
+        p99,
+        at_most(limit, f"<= {duration(limit)} (2x timeout)"),
+        shown=duration(p99),
+        calls=len(during),
+        worst=quantile(during, 1.0),
+        median=quantile(during, 0.5),
+    )
+    skipped = [call.seconds for call in calls if call.breaker_open]
+    p99_open = quantile(skipped, 0.99)
+    rows.judge(
+        engine,
+        "p99 added latency, breaker open",
+        p99_open,
+        at_most(1e-3, "<= 1 ms"),
+        shown=f"{duration(p99_open)} ({len(skipped):,} calls)",
+        worst=quantile(skipped, 1.0),
+    )
+    rows.judge(
+        engine,
+        "caching resumes after recovery",
+        resumed is not None,
+        YES,
+        shown=f"yes, {duration(resumed)} after" if resumed is not None else "no",
+        cooldown=subject.cooldown,
+    )
+
+
+def _stampede_while_refused(subject: Subject) -> int:
+    """Executions of one cold key by 64 threads at once, while the server refuses."""
+    before = subject.executions
+    barrier = threading.Barrier(64)
+    slow = subject.f
+
+    def run() -> None:
+        barrier.wait()
+        slow(10_000)
+
+    threads = [threading.Thread(target=run) for _ in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return subject.executions - before
+
+
+@contextlib.contextmanager
+def _serving(port: int) -> Iterator[RedisServer]:
+    """A real server on `port` (where the outage was), for the recovery."""
+    server = RedisServer(port=port)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def main(
+    profile: str, engines: list[str], redis_url: str | None, seed: int
+) -> list[dict[str, Any]]:
+    p = PROFILES[profile]
+    rows = Rows(NAME)
+    if "redis" not in engines:
+        return []
+    if redis_binary() is None:
+        for kind in ("refused", "blackholed", "killed and restarted"):
+            rows.skip(f"redis ({kind})", "calls that succeed", "skipped: no redis-server")
+        return rows.as_dicts()
+    calls, seconds, cooldown = p.outage_calls, p.outage_seconds, p.outage_cooldown
+    limit = (cooldown or 5.0) + 5.0  # the wait for caching to resume
+
+    progress(f"{NAME}: refused, {calls:,} calls over {seconds:.0f} s")
+    port = free_port()
+    subject = Subject(f"redis://127.0.0.1:{port}/0", "outage-refused", cooldown)
+    made = paced(subject, calls, seconds, {0: lambda: True})
+    stampede = _stampede_while_refused(subject)
+    with _serving(port):
+        _judge(rows, "refused", subject, made, subject.until_hit(limit))
+    rows.info(
+        "redis (refused)",
+        "executions of one cold key, 64 threads, server refused",
+        stampede,
+        note="a read fault calls the function outside the stampede lock",
+    )
+
+    progress(f"{NAME}: blackholed, {calls:,} calls over {seconds:.0f} s")
+    hole = Blackhole().__enter__()
+    subject = Subject(hole.url, "outage-blackholed", cooldown)
+    try:
+        made = paced(subject, calls, seconds, {0: lambda: True})
+    finally:
+        hole.close()
+    with _serving(hole.port):
+        _judge(rows, "blackholed", subject, made, subject.until_hit(limit))
+
+    progress(f"{NAME}: killed and restarted, {calls:,} calls over {seconds:.0f} s")
+    with private_server() as server:
+        subject = Subject(server.url, "outage-killed", cooldown)
+
+        def kill() -> bool:
+            server.kill()
+            return True
+
+        def restart() -> bool:
+            server.start()
+            return True  # still counted as the outage until caching resumes
+
+        made = paced(subject, calls, seconds, {calls // 5: kill, 3 * calls // 5: restart})
+        after_restart = made[3 * calls // 5 :]
+        hits = [n for n, call in enumerate(after_restart) if call.hit]
+        if hits:  # the outage ends with the first hit after the restart
+            for call in after_restart[hits[0] :]:
+                call.outage = False
+            resumed: float | None = hits[0] * seconds / calls
+        else:
+            resumed = subject.until_hit(limit)
+        _judge(rows, "killed and restarted", subject, made, resumed)
+    return rows.as_dicts()
