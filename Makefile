@@ -43,7 +43,7 @@ bench: $(BENCH_STAMP)
 	  --markdown docs/performance.md $(BENCH_ARGS)
 
 stress: $(STAMP)
-	$(BIN)/python scripts/stress/run.py --json docs/assets/stress.json $(STRESS_ARGS)
+	$(BIN)/python scripts/stress/run.py --json docs/assets/stress.json --markdown docs/reliability.md $(STRESS_ARGS)
 
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
