@@ -20,6 +20,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from _blackhole import Blackhole  # noqa: E402
 from _redis import RedisServer  # noqa: E402
+from _support import stampede_on_one_key  # noqa: E402
 from twat_cache import (  # noqa: E402
     CacheConfig,
     acache,
@@ -206,6 +207,23 @@ def test_refused_async_calls_return_results(
 
 
 # --- blackholed -------------------------------------------------------------------------
+
+
+def test_refused_threads_on_a_cold_key_compute_once(refused_url: str) -> None:
+    # Stampede protection holds during an outage: the callers share one computation.
+    with Faults() as faults:
+        executions, results = stampede_on_one_key(ucache(url=refused_url), threads=16)
+    assert executions == [7]
+    assert all(result is results[0] for result in results)
+    assert faults.operations() == ["read"]
+
+
+def test_refused_tasks_on_a_cold_key_compute_once(refused_url: str) -> None:
+    with Faults() as faults:
+        executions, results = stampede_on_one_key(acache(url=refused_url), tasks=32)
+    assert executions == [7]
+    assert all(result is results[0] for result in results)
+    assert faults.operations() == ["read"]
 
 
 def test_blackholed_sync_calls_return_and_the_breaker_stops_connecting() -> None:

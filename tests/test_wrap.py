@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from _support import MEMORY_ENGINES
+from _support import MEMORY_ENGINES, stampede_on_one_key
 from twat_cache import CacheInfo, ConfigurationError, acache, mcache
 from twat_cache.engines.base import ALL_POLICIES, MISS, BaseEngine, Capabilities
 from twat_cache.engines.manager import get_manager
@@ -1125,3 +1125,36 @@ def test_unresolvable_annotations_are_left_as_written() -> None:
 
     assert inspect.signature(later).parameters["item"].annotation == "DefinedLater"
     assert later(object()) == 1  # type: ignore[arg-type]
+
+
+def test_threads_share_one_computation_while_reads_fail(faulty: str) -> None:
+    # An engine that cannot read (a broken disk, a server down): concurrent callers of a
+    # cold key still compute it once, and the failing store is not written.
+    with pytest.warns(CacheFaultWarning) as record:
+        executions, results = stampede_on_one_key(mcache(cache_engine=faulty), threads=16)
+    assert executions == [7]
+    assert all(result is results[0] for result in results)
+    assert results[0] == [7]
+    messages = _fault_warnings(record)
+    assert len(messages) == 1, messages
+    assert "failed to read" in messages[0]
+
+
+def test_tasks_share_one_computation_while_reads_fail(faulty: str) -> None:
+    with pytest.warns(CacheFaultWarning) as record:
+        executions, results = stampede_on_one_key(acache(cache_engine=faulty), tasks=32)
+    assert executions == [7]
+    assert all(result is results[0] for result in results)
+    messages = _fault_warnings(record)
+    assert len(messages) == 1, messages
+    assert "failed to read" in messages[0]
+
+
+def test_without_lock_a_read_fault_computes_per_call(faulty: str) -> None:
+    # lock=False opts out of sharing: each concurrent caller computes (and nothing is stored).
+    with pytest.warns(CacheFaultWarning):
+        executions, results = stampede_on_one_key(
+            mcache(cache_engine=faulty, lock=False), threads=4
+        )
+    assert executions == [7] * 4
+    assert results == [[7]] * 4

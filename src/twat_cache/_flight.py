@@ -11,7 +11,6 @@ from typing import Any
 from twat_cache._bypass import bypassed
 from twat_cache._report import FaultReporter
 from twat_cache.engines.base import MISS, capabilities_of, put_of
-from twat_cache.exceptions import KeyBuildError
 
 __all__ = ["CallState", "in_thread"]
 
@@ -122,13 +121,13 @@ class CallState:
         self.reporter.report(operation, exc)
 
     def fault(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The key could not be built or the engine failed to read: call uncached."""
-        self._fault("build a key" if isinstance(exc, KeyBuildError) else "read", exc)
+        """The key could not be built: call uncached (with no key there is no flight)."""
+        self._fault("build a key", exc)
         self.misses += 1
         return self.func(*args, **kwargs)
 
     async def afault(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self._fault("build a key" if isinstance(exc, KeyBuildError) else "read", exc)
+        self._fault("build a key", exc)
         self.misses += 1
         return await self.func(*args, **kwargs)
 
@@ -136,6 +135,36 @@ class CallState:
         """The engine failed to read: report it and treat it as a miss."""
         self._fault("read", exc)
         return MISS
+
+    def degraded(
+        self, exc: Exception, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The engine failed to read `key`: report it and compute the value once for every
+        concurrent caller of the key in this process (stampede protection holds during an
+        outage too), without a lease or a write: the store just failed, and each would add
+        its own timeout to the call while the breaker is still closed."""
+        self._fault("read", exc)
+        if not self.lock:
+            return self._compute(key, args, kwargs, store=False)
+        token = (threading.get_ident(),)
+        if self.flights.setdefault(key, token) is not token:
+            return self.follow(key, token, args, kwargs)
+        try:  # the leader's side of the protocol the generated wrapper inlines
+            value = self._compute(key, args, kwargs, store=False)
+        except BaseException as error:
+            self.abandon(key, error)
+            raise
+        del self.flights[key]
+        if self.waiting:
+            self.hand_over(key, value, None)
+        return value
+
+    async def adegraded(
+        self, exc: Exception, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """`degraded` for async wrappers: once per key and event loop, nothing stored."""
+        self._fault("read", exc)
+        return await self.amiss(key, args, kwargs, degraded=True)
 
     def write_fault(self, exc: Exception) -> None:
         """The engine failed to write: report it; the computed value is still returned."""
@@ -242,10 +271,13 @@ class CallState:
         self.shared_hits += 1
         return value
 
-    def _compute(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _compute(
+        self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, store: bool = True
+    ) -> Any:
         self.misses += 1
         value = self.func(*args, **kwargs)
-        self._store(key, value)
+        if store:
+            self._store(key, value)
         return value
 
     # --- cross-process leases (engines with `capabilities.leases`) ----------------------
@@ -317,14 +349,17 @@ class CallState:
 
     # --- async miss path --------------------------------------------------------------
 
-    async def amiss(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Compute a cold key once, however many tasks of one event loop await it.
+    async def amiss(
+        self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, degraded: bool = False
+    ) -> Any:
+        """Compute a cold key once, however many tasks of one event loop await it; when
+        `degraded` (the engine failed to read it), without a lease or a write.
 
         Flights are per event loop (a future belongs to one loop): tasks of two loops in
         two threads are each protected within their own loop.
         """
         if not self.lock:
-            return await self._acompute(key, args, kwargs)
+            return await self._acompute(key, args, kwargs, store=not degraded)
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         slot = (key, id(loop))  # the loop is alive while it runs this code
@@ -334,7 +369,7 @@ class CallState:
                 mine = _AFlight(loop, task)
                 flight = self.aflights.setdefault(slot, mine)
                 if flight is mine:
-                    return await self._alead(slot, key, args, kwargs, mine)
+                    return await self._alead(slot, key, args, kwargs, mine, degraded)
             if flight.task is task:
                 # Re-entry on the key this task is computing: waiting would deadlock.
                 return await self._acompute(key, args, kwargs)
@@ -349,24 +384,33 @@ class CallState:
             self.shared_hits += 1
             return value
 
-    async def _acompute(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def _acompute(
+        self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, store: bool = True
+    ) -> Any:
         self.misses += 1
         value = await self.func(*args, **kwargs)
-        await self._astore(key, value)
+        if store:
+            await self._astore(key, value)
         return value
 
     async def _alead(
-        self, slot: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], flight: _AFlight
+        self,
+        slot: Any,
+        key: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        flight: _AFlight,
+        degraded: bool,
     ) -> Any:
         future = flight.future
         try:
-            value = await self._aread(key)
-            if value is not MISS:
+            value = MISS if degraded else await self._aread(key)
+            if value is not MISS:  # stored by a flight that ended before ours began
                 self.shared_hits += 1
-            elif self.lease is not None:
-                value = await self._aleased(key, args, kwargs)
+            elif degraded or self.lease is None:
+                value = await self._acompute(key, args, kwargs, store=not degraded)
             else:
-                value = await self._acompute(key, args, kwargs)
+                value = await self._aleased(key, args, kwargs)
         except Exception as exc:
             future.set_exception(exc)
             future.exception()  # marks it retrieved: no "never retrieved" log without waiters

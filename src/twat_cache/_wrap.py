@@ -38,9 +38,12 @@ _P = "__twat_"  # prefix of every name the generated code uses besides the param
 _SYNC_BODY = """
     try:
         __twat_k = {key}
-        __twat_v = __twat_get(__twat_k, __twat_MISS)
     except Exception as __twat_e:
         return __twat_state.fault(__twat_e, {args}, {kwargs})
+    try:
+        __twat_v = __twat_get(__twat_k, __twat_MISS)
+    except Exception as __twat_e:
+        return __twat_state.degraded(__twat_e, __twat_k, {args}, {kwargs})
     if __twat_v is not __twat_MISS:
         __twat_hits += 1
         return __twat_v
@@ -91,9 +94,12 @@ _SYNC_MISS_UNLOCKED = """{compute_and_store_4}
 _ASYNC_BODY = """
     try:
         __twat_k = {key}
-        __twat_v = {await_}__twat_get(__twat_k, __twat_MISS)
     except Exception as __twat_e:
         return await __twat_state.afault(__twat_e, {args}, {kwargs})
+    try:
+        __twat_v = {await_}__twat_get(__twat_k, __twat_MISS)
+    except Exception as __twat_e:
+        return await __twat_state.adegraded(__twat_e, __twat_k, {args}, {kwargs})
     if __twat_v is not __twat_MISS:
         __twat_hits += 1
         return __twat_v
