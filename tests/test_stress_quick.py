@@ -18,12 +18,6 @@ import pytest
 
 HARNESS = Path(__file__).resolve().parents[1] / "scripts" / "stress" / "run.py"
 
-_SYMLINKS = "planted symlinks followed (outside read or written)"
-#: Figures known to miss their target, each an open bug (issue 7): the disk engines follow
-#: a symlink planted inside their private folder (database, value, record or entry files,
-#: and the manifest). Only the cache's owner can plant one there (folders are 0700).
-KNOWN_MISSES = {("permissions", engine, _SYMLINKS) for engine in ("diskcache", "joblib", "klepto")}
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # a guard against a hang; the quick profile takes well under a minute
@@ -52,13 +46,10 @@ def test_quick_profile_meets_every_target(tmp_path: Path) -> None:
         "stampede",
         "permissions",
     }, shown
-    missed = {(r["scenario"], r["engine"], r["figure"]) for r in rows if r["status"] == "MISS"}
-    # Exactly the known misses, no more and no fewer: a new miss fails, and so does a fix
-    # (then its entry leaves KNOWN_MISSES, as a strict xfail would).
-    assert missed == KNOWN_MISSES, (
-        f"new misses: {sorted(missed - KNOWN_MISSES)}\n"
-        f"fixed (remove from KNOWN_MISSES): {sorted(KNOWN_MISSES - missed)}\n\n{shown}"
+    missed = sorted(
+        f"{r['scenario']} / {r['engine']}: {r['figure']}" for r in rows if r["status"] == "MISS"
     )
+    assert not missed, "missed their target:\n" + "\n".join(missed) + "\n\n" + shown
     if os.environ.get("CI") == "true":
         skipped = [
             f"{r['scenario']} / {r['engine']}: {r['note']}" for r in rows if r["status"] == "SKIP"
@@ -66,4 +57,4 @@ def test_quick_profile_meets_every_target(tmp_path: Path) -> None:
         assert not skipped, (
             "CI=true, and rows were skipped:\n" + "\n".join(skipped) + "\n\n" + shown
         )
-    assert run.returncode == (1 if KNOWN_MISSES else 0), shown
+    assert run.returncode == 0, shown

@@ -183,6 +183,11 @@ _WATCHED = {
     "os.walk",
 }
 
+#: Events acting on a link itself, never on its target: creating a directory where a link is
+#: fails (EEXIST), and renaming, replacing or removing a link in the cache leaves the file it
+#: points to alone (the snapshot of the outside files checks that too).
+_ON_LINK_ITSELF = {"os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.symlink"}
+
 
 class Watch:
     """Records every file-system audit event whose path resolves under `outside`."""
@@ -199,7 +204,9 @@ class Watch:
         self._busy.on = True
         try:
             if event == "open" and len(args) == 3 and isinstance(args[2], int):
-                path, flags = os.fsdecode(args[0]) if args[0] is not None else "", args[2]
+                if not isinstance(args[0], str | bytes | os.PathLike):
+                    return  # open(fd): the file was opened, and checked, by path before
+                path, flags = os.fsdecode(args[0]), args[2]
                 nofollow = flags & getattr(os, "O_NOFOLLOW", 0)
                 exclusive = flags & os.O_CREAT and flags & os.O_EXCL
                 if (nofollow or exclusive) and os.path.islink(path):
@@ -207,7 +214,11 @@ class Watch:
             for arg in args:
                 if isinstance(arg, str | bytes | os.PathLike):
                     path = os.fsdecode(arg)
-                    real = os.path.realpath(path)
+                    if event in _ON_LINK_ITSELF:  # the last component is never followed
+                        head, tail = os.path.split(os.path.abspath(path))
+                        real = os.path.join(os.path.realpath(head), tail)
+                    else:
+                        real = os.path.realpath(path)
                     if real == self.outside or real.startswith(self.outside + os.sep):
                         self.events.append(f"{event} {path}")
         finally:

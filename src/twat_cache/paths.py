@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -10,21 +11,52 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 from twat_cache.exceptions import ConfigurationError
 
 __all__ = [
+    "NotFollowedError",
     "atomic_write",
+    "beneath",
     "cache_dir",
     "cache_root",
     "default_folder",
     "folder_bytes",
+    "make_dirs_beneath",
     "make_private_dirs",
+    "open_file",
     "private_dir",
+    "read_file",
+    "refuse_links",
+    "set_times",
     "validate_folder_name",
 ]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+#: Flags of every open of a file inside a cache folder, on top of the caller's: the last
+#: component is never followed if it is a link, a FIFO planted there cannot block the
+#: open, and the descriptor is not inherited by child processes.
+_SAFE_OPEN: Final = (
+    _NOFOLLOW
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
+class NotFollowedError(OSError):
+    """A path inside a cache folder is a symbolic link, or not the regular file or
+    directory the cache keeps there: twat-cache does not follow or use it.
+
+    Links are refused below a cache's folder (not at the root or the folder themselves,
+    which are checked after resolving: a user may link those elsewhere): every file there
+    is the engine's own, and a link would let reads and writes land outside the cache.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str = "a symbolic link") -> None:
+        super().__init__(errno.ELOOP, f"{what}: not followed", os.fspath(path))
 
 
 def cache_root() -> Path:
@@ -131,6 +163,102 @@ def make_private_dirs(path: str | os.PathLike[str]) -> None:
         except FileExistsError:  # created meanwhile by another thread or process
             if not os.path.isdir(directory):
                 raise
+
+
+def beneath(base: str | os.PathLike[str], relative: str) -> str:
+    """The path `relative` names under `base`, once each directory between them is checked
+    to be a real directory, not a symbolic link (`NotFollowedError`); a missing one raises
+    `FileNotFoundError`. `base` itself may be a link (a cache folder a user linked).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as name:
+    ...     os.mkdir(os.path.join(name, "real"))
+    ...     os.symlink(os.path.join(name, "real"), os.path.join(name, "link"))
+    ...     _ = beneath(name, "real/entry")
+    ...     beneath(name, "link/entry")
+    Traceback (most recent call last):
+    twat_cache.paths.NotFollowedError: [Errno ...] a symbolic link: not followed: '.../link'
+    """
+    parts = _parts(relative)
+    current = os.fspath(base)
+    for part in parts[:-1]:
+        current = os.path.join(current, part)
+        if not stat.S_ISDIR(os.lstat(current).st_mode):
+            raise NotFollowedError(current, _what(current))
+    return os.path.join(current, parts[-1])
+
+
+def make_dirs_beneath(base: str | os.PathLike[str], relative: str) -> str:
+    """Create the directories `relative` names under `base` (each 0700), refusing
+    (`NotFollowedError`) any that exists as a link or a non-directory; returns the path."""
+    current = os.fspath(base)
+    for part in _parts(relative):
+        current = os.path.join(current, part)
+        with contextlib.suppress(FileExistsError):  # a link there exists too: not followed
+            os.mkdir(current, 0o700)
+        if not stat.S_ISDIR(os.lstat(current).st_mode):
+            raise NotFollowedError(current, _what(current))
+    return current
+
+
+def refuse_links(*paths: str | os.PathLike[str]) -> None:
+    """Raise `ConfigurationError` if one of `paths` exists as a symbolic link: for the
+    files a library opens by name (an SQLite database and its journals, an archive
+    directory), checked before it opens them."""
+    for path in paths:
+        if os.path.islink(path):
+            raise ConfigurationError(
+                f"{os.fspath(path)} is a symbolic link: twat-cache does not follow links inside "
+                "a cache folder. Remove it; to keep a cache on another disk, link the cache's "
+                "folder itself or set TWAT_CACHE_DIR"
+            )
+
+
+def open_file(path: str | os.PathLike[str], flags: int = os.O_RDONLY) -> int:
+    """A descriptor of the regular file `path` (opened with `flags`), never following a
+    link at its last component (`NotFollowedError`, as for a FIFO or a directory there);
+    a missing file raises `FileNotFoundError`. Check the directories on the way with
+    `beneath`."""
+    if not _NOFOLLOW and os.path.islink(path):  # no O_NOFOLLOW (Windows): check first
+        raise NotFollowedError(path)
+    try:
+        fd = os.open(path, flags | _SAFE_OPEN)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise NotFollowedError(path) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotFollowedError(path, "not a regular file")
+    return fd
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """Every byte of the regular file `path`, read as `open_file` opens it."""
+    with open(open_file(path), "rb") as handle:
+        return handle.read()
+
+
+def set_times(path: str | os.PathLike[str], ns: tuple[int, int]) -> None:
+    """`os.utime(path, ns=ns)` on `path` itself: a link there is changed, never its target
+    (where the platform cannot, as on Windows, the link is followed)."""
+    os.utime(path, ns=ns, follow_symlinks=os.utime not in os.supports_follow_symlinks)
+
+
+def _parts(relative: str) -> list[str]:
+    parts = [part for part in re.split(r"[/\\]", relative) if part not in ("", ".")]
+    if not parts or ".." in parts:
+        raise ValueError(f"not a path inside a cache folder: {relative!r}")
+    return parts
+
+
+def _what(path: str) -> str:
+    return "a symbolic link" if os.path.islink(path) else "not a directory"
 
 
 def private_dir(path: Path) -> Path:

@@ -37,7 +37,7 @@ from twat_cache.exceptions import (  # noqa: E402
     EngineError,
     SecurityWarning,
 )
-from twat_cache.serializers import Serializer  # noqa: E402
+from twat_cache.serializers import PayloadError, Serializer  # noqa: E402
 
 BIG = 100_000  # bytes: above diskcache's disk_min_file_size (32 KiB), so stored in a file
 SMALL = 200  # bytes: stored in the database row
@@ -707,6 +707,10 @@ def test_the_read_path_returns_what_diskcache_get_returns(
     elif isinstance(ours, bytes):
         assert ours == theirs
         assert is_valid("k", engine.serializer.loads(ours, engine._context("k")))
+    elif isinstance(ours, PayloadError):  # refused (not a regular file): rejected by get
+        assert state == "file is a directory"
+        assert isinstance(theirs, PayloadError)
+        assert str(ours) == str(theirs)
     else:
         assert ours is theirs
         assert ours is MISS or ours is engine_module._FOREIGN

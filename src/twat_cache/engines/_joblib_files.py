@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from twat_cache.paths import NotFollowedError, open_file, read_file
 from twat_cache.serializers import PayloadError, UnserializableError
 
 if TYPE_CHECKING:
@@ -70,10 +71,23 @@ def name_of(key: str) -> str:
 
 
 def read(path: Path) -> bytes | None:
+    """The bytes of a record; None if there is none. A link in its place is not followed:
+    `PayloadError`, so the entry is rejected (the link removed, never its target)."""
     try:
-        return path.read_bytes()
+        return read_file(path)
     except FileNotFoundError:
         return None
+    except NotFollowedError as exc:
+        raise PayloadError(f"{path.name}: {exc.strerror}") from None
+
+
+def open_data(path: Path, flags: int = os.O_RDONLY) -> int:
+    """A descriptor of a data file (`FileNotFoundError` if gone); a link in its place is
+    not followed: `PayloadError`."""
+    try:
+        return open_file(path, flags)
+    except NotFollowedError as exc:
+        raise PayloadError(f"the data file {path.name}: {exc.strerror}") from None
 
 
 def unlink(path: Path) -> bool:
@@ -439,7 +453,9 @@ def load_npy(
     if meta.size != len(meta.header) + nbytes:
         raise PayloadError("entry record's size does not match its array header")
     order: Literal["C", "F"] = "F" if fortran else "C"
-    with open(path, "r+b" if mmap_mode == "r+" else "rb", buffering=0) as handle:
+    writable = mmap_mode == "r+"
+    fd = open_data(path, os.O_RDWR if writable else os.O_RDONLY)
+    with open(fd, "r+b" if writable else "rb", buffering=0) as handle:
         fd = handle.fileno()
         size = os.fstat(fd).st_size
         if size != meta.size:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +19,15 @@ from typing import Any
 
 import klepto.archives
 
-from twat_cache.paths import make_private_dirs
+from twat_cache.paths import (
+    NotFollowedError,
+    beneath,
+    make_dirs_beneath,
+    open_file,
+    read_file,
+    refuse_links,
+    set_times,
+)
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DirStore", "Entry", "SqlStore"]
@@ -47,49 +56,87 @@ class DirStore:
     fresh temporary directory and renames it into place, nothing changes the directory
     afterwards, and `write` pins it to the clock (the kernel's file clock is coarser). The
     entry file's own mtime is its last use (lru) or store time.
+
+    No link inside the archive is followed. klepto opens entries by name (following links,
+    and its removal of an entry whose directory is a link empties the link's target), so
+    entries are read here, and a link (or a stray file) in place of an entry directory is
+    unlinked before klepto writes or removes that entry: a miss, never the target's data.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        refuse_links(root)
         self.archive = klepto.archives.dir_archive(
             str(root), cached=False, serialized=True, protocol="json", permissions=0o700
         )
 
+    def _entry(self, name: str) -> str:
+        return os.path.join(self.root, _ENTRY_PREFIX + name)
+
     def _file(self, name: str) -> str:
-        return os.path.join(self.root, _ENTRY_PREFIX + name, _FILE)
+        """The entry's file: `FileNotFoundError` if its directory is missing,
+        `NotFollowedError` if a link (or a file) is there instead."""
+        return beneath(self.root, f"{_ENTRY_PREFIX}{name}/{_FILE}")
+
+    def _drop_foreign(self, name: str) -> bool:
+        """Unlink a link or file in place of the entry's directory (never its target)."""
+        entry = self._entry(name)
+        try:
+            if stat.S_ISDIR(os.lstat(entry).st_mode):
+                return False
+            os.unlink(entry)
+        except FileNotFoundError:
+            return False
+        return True
 
     def has(self, name: str) -> bool:
-        return os.path.exists(self._file(name))
+        """Whether something is stored under `name` (a planted link counts: `remove` it)."""
+        entry = self._entry(name)
+        try:
+            if not stat.S_ISDIR(os.lstat(entry).st_mode):
+                return True
+        except FileNotFoundError:
+            return False
+        return os.path.lexists(os.path.join(entry, _FILE))
 
     def read(self, name: str) -> Any:
-        """The stored record; KeyError when absent, PayloadError when unreadable."""
+        """The stored record; KeyError when absent, PayloadError when unreadable. Read here
+        as klepto's JSON mode reads it (`json.load` of the entry's file), without following
+        links, and telling a missing entry from a damaged one (klepto raises KeyError)."""
         try:
-            return self.archive[name]
-        except KeyError:
-            if not os.path.exists(self._file(name)):
-                raise
-        try:  # klepto hides why a read failed; retry once in case a writer just replaced it
-            return self.archive[name]
-        except KeyError:
-            if os.path.exists(self._file(name)):
-                raise PayloadError("the stored entry is not valid JSON (corrupt)") from None
-            raise
+            text = read_file(self._file(name))
+        except FileNotFoundError:
+            raise KeyError(name) from None
+        except NotFollowedError as exc:
+            raise PayloadError(f"the stored entry {exc.filename}: {exc.strerror}") from None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise PayloadError("the stored entry is not valid JSON (corrupt)") from None
 
     def write(self, name: str, record: list[Any]) -> None:
         expected = len(json.dumps(record))
         start = time.time() - 0.05  # file timestamps come from a coarser clock
-        make_private_dirs(self.root)  # a concurrent clear may have pruned it
+        make_dirs_beneath(self.root.parent, self.root.name)  # a concurrent clear may prune it
+        self._drop_foreign(name)
         self.archive[name] = record
         # klepto swallows OSError while writing (full disk, read-only dir) and may even move
         # a half-written file into place: check that our entry landed.
         try:
-            info = os.stat(self._file(name))
-            if info.st_size == expected and info.st_ctime >= start:
-                os.chmod(self._file(name), 0o600)  # klepto's files follow the umask
+            fd = open_file(self._file(name))
+        except (FileNotFoundError, NotFollowedError):
+            pass
+        else:
+            try:
+                info = os.fstat(fd)
+                landed = info.st_size == expected and info.st_ctime >= start
+                if landed:
+                    os.chmod(fd if os.chmod in os.supports_fd else self._file(name), 0o600)
+            finally:
+                os.close(fd)
+            if landed:  # klepto's files follow the umask: made private above
                 self.touch(name, stored=True)  # precise times: the kernel's file clock is coarse
                 return
-        except FileNotFoundError:
-            pass
         problem = self._write_problem(expected)
         try:
             self.read(name)
@@ -112,16 +159,20 @@ class DirStore:
         return None
 
     def remove(self, name: str) -> None:
-        del self.archive[name]  # klepto ignores a missing entry
+        # Not klepto's removal: it removes "K_<name>/", a path that follows a link.
+        # shutil's refuses to remove through a link.
+        if not self._drop_foreign(name):
+            shutil.rmtree(self._entry(name), ignore_errors=True)
 
     def touch(self, name: str, *, stored: bool = False) -> None:
         """Record a use of the entry now (its file's mtime); with `stored`, its store time
-        too (its directory's mtime)."""
+        too (its directory's mtime). Links are changed, never their targets."""
         now = time.time_ns()
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self._file(name), ns=(now, now))
+        with contextlib.suppress(FileNotFoundError, NotFollowedError):
+            path = self._file(name)
+            set_times(path, (now, now))
             if stored:
-                os.utime(os.path.dirname(self._file(name)), ns=(now, now))
+                set_times(os.path.dirname(path), (now, now))
 
     def _listing(self) -> list[os.DirEntry[str]]:
         try:
@@ -136,9 +187,9 @@ class DirStore:
 
     def expiry(self, name: str) -> float | None:
         try:
-            with open(self._file(name), "rb") as handle:
+            with open(open_file(self._file(name)), "rb") as handle:
                 head = handle.read(32)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotFollowedError):
             return None
         match = _EXPIRY_HINT.match(head)
         try:
@@ -154,10 +205,16 @@ class DirStore:
         for entry in self._listing():
             name = entry.name[2:]
             if entry.name.startswith(_ENTRY_PREFIX) and NAME.fullmatch(name):
+                if not entry.is_dir(follow_symlinks=False):  # planted: not an entry
+                    if orphan_age is not None and self._drop_foreign(name):
+                        removed += 1
+                    continue
                 try:
-                    info = os.stat(self._file(name))
+                    info = os.lstat(os.path.join(entry.path, _FILE))
                     stored = entry.stat(follow_symlinks=False).st_mtime
-                except (FileNotFoundError, NotADirectoryError):
+                    if not stat.S_ISREG(info.st_mode):
+                        raise NotFollowedError(entry.path, "not a regular file")
+                except (FileNotFoundError, NotADirectoryError, NotFollowedError):
                     # Being replaced, or left by a killed writer.
                     removed += self._drop_orphan(entry.path, now, orphan_age)
                     continue
@@ -184,6 +241,10 @@ class DirStore:
         return 0 if os.path.lexists(path) else 1
 
     def clear(self) -> None:
+        for entry in self._listing():
+            if entry.name.startswith(_ENTRY_PREFIX) and not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)  # klepto leaves what is not a directory
         self.archive.clear()
 
     def close(self) -> None:
@@ -207,6 +268,7 @@ class SqlStore:
         if any(c in str(path) for c in "?#%"):
             raise ValueError(f"klepto cannot open an SQLite path containing ?, # or %: {path}")
         self.path = path
+        refuse_links(path, f"{path}-journal")  # SQLite opens them by name
         self.url = f"sqlite:///{path}"
         self._local = threading.local()
         self._touched: dict[str, float] = {}

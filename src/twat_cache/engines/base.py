@@ -430,7 +430,7 @@ class PersistentEngine(SerializingEngine):
             return
         import json
 
-        from twat_cache.paths import atomic_write, private_dir
+        from twat_cache.paths import atomic_write, make_dirs_beneath
 
         config = self.config
         path = self.manifest_path(self.directory)
@@ -440,13 +440,10 @@ class PersistentEngine(SerializingEngine):
         elif config.size_in_bytes:
             settings["maxsize"] = f"{int(config.maxsize or 0)}B"  # bytes, not entries
         manifest = {"engine": self.name, "settings": settings}
+        if self._read_manifest_file(self.directory) == manifest:
+            return  # else absent, unreadable or a link (replaced, never followed): write it
         try:
-            if json.loads(path.read_text()) == manifest:
-                return
-        except (OSError, ValueError):
-            pass  # absent or unreadable: write it
-        try:
-            private_dir(path.parent)
+            make_dirs_beneath(path.parent.parent, path.parent.name)
             with atomic_write(path) as temporary:
                 temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         except OSError as exc:  # a read-only root still caches; tools then cannot open it
@@ -462,20 +459,31 @@ class PersistentEngine(SerializingEngine):
     @classmethod
     def read_manifest(cls, directory: Path) -> dict[str, Any] | None:
         """The engine name and settings recorded for a cache folder, or None."""
-        import json
-
-        try:
-            manifest = json.loads(cls.manifest_path(directory).read_text())
-        except (OSError, ValueError):
-            return None
+        manifest = cls._read_manifest_file(directory)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("engine"), str):
             return None
         return manifest
 
+    @classmethod
+    def _read_manifest_file(cls, directory: Path) -> Any:
+        """The decoded manifest file of `directory`; None if absent, unreadable, or a link
+        (at the file or at the manifests directory: never followed)."""
+        import json
+
+        from twat_cache.paths import beneath, read_file
+
+        relative = f"{cls.MANIFESTS}/{directory.name}.json"
+        try:
+            return json.loads(read_file(beneath(directory.parent, relative)))
+        except (OSError, ValueError):
+            return None
+
     def stats(self) -> dict[str, Any]:
         """Entries, bytes on disk, and the store times of the oldest and newest entry
         (None when the engine does not know them)."""
-        size = sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+        from twat_cache.paths import folder_bytes
+
+        size = folder_bytes(self.directory)
         return {"entries": len(self), "bytes": size, "oldest": None, "newest": None}
 
     def prune(self) -> int:

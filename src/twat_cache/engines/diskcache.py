@@ -22,7 +22,14 @@ from twat_cache.config import CacheConfig
 from twat_cache.engines._diskcache_tools import is_value_file, live_entries, remove_orphans
 from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
-from twat_cache.paths import folder_bytes, make_private_dirs
+from twat_cache.paths import (
+    NotFollowedError,
+    beneath,
+    folder_bytes,
+    make_dirs_beneath,
+    read_file,
+    refuse_links,
+)
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DiskCacheEngine"]
@@ -103,17 +110,18 @@ class _PayloadDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no 
         if len(value) < self.min_file_size:
             return 0, MODE_RAW, None, sqlite3.Binary(value)
         filename, full_path = self.filename(key, value)
-        self._write_private(full_path, value)
+        self._write_private(filename, full_path, value)
         self._written.filename = filename
         return len(value), MODE_BINARY, filename, None
 
-    def _write_private(self, full_path: str, data: bytes) -> None:
+    def _write_private(self, filename: str, full_path: str, data: bytes) -> None:
         # A fresh random name, referenced by the database only once the row commits: a
         # reader never sees this file half-written, and a killed writer leaves an orphan,
-        # never a wrong entry. A failed write removes what it wrote (a full disk).
+        # never a wrong entry. A failed write removes what it wrote (a full disk). A link
+        # planted in place of a value directory is refused, never written through.
         for attempt in range(10):
             try:
-                make_private_dirs(os.path.dirname(full_path))
+                make_dirs_beneath(self._directory, os.path.dirname(filename))
                 fd = os.open(full_path, _CREATE, 0o600)
                 break
             except FileNotFoundError:
@@ -144,16 +152,24 @@ class _PayloadDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no 
             return value
         if mode == MODE_BINARY and not read and is_value_file(filename):
             try:
-                with open(os.path.join(self._directory, filename), "rb") as reader:
-                    return reader.read()
+                return read_file(beneath(self._directory, filename))
             except FileNotFoundError:
                 return _Vanished(filename)
+            except NotFollowedError as exc:
+                return PayloadError(f"the value file {filename}: {exc.strerror}")
         return _FOREIGN
 
     def remove(self, file_path: Any) -> None:
-        # A tampered row must not make a delete remove a file outside the cache.
-        if is_value_file(file_path):
-            super().remove(file_path)
+        # A tampered row, or a link planted in place of a value directory, must not make a
+        # delete remove a file outside the cache (a link in place of the file itself is
+        # removed, not followed).
+        if not is_value_file(file_path):
+            return
+        try:
+            beneath(self._directory, file_path)
+        except OSError:  # gone already, or a link on the way
+            return
+        super().remove(file_path)
 
 
 def _is_corrupt(exc: BaseException) -> bool:
@@ -257,6 +273,8 @@ class DiskCacheEngine(PersistentEngine):
         return self._connect(database, settings)
 
     def _connect(self, database: Path, settings: dict[str, Any]) -> diskcache.Cache:
+        # SQLite opens the database and its journals by name, following links.
+        refuse_links(*(f"{database}{part}" for part in ("", "-wal", "-shm", "-journal")))
         with contextlib.suppress(FileExistsError):
             # Created 0600 before SQLite sees it: its -wal and -shm files copy the mode.
             os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
@@ -353,7 +371,11 @@ class DiskCacheEngine(PersistentEngine):
             return default
 
     def _unreadable(self, key: str, found: Any) -> Any:
-        """A row without a payload: a value file gone, or a row this engine never wrote."""
+        """A row without a payload: a value file gone or refused (a link), or a row this
+        engine never wrote."""
+        if isinstance(found, PayloadError):
+            self.rejected(key, found)
+            return MISS
         if isinstance(found, _Vanished):
             # A concurrent overwrite, delete or cull removes the file after committing its
             # row: read again. Only a row still naming the missing file is broken.

@@ -9,6 +9,7 @@ import contextlib
 import os
 import random
 import secrets
+import stat
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from twat_cache.config import CacheConfig
 from twat_cache.engines import _joblib_files as files
 from twat_cache.engines._joblib_files import HEAD, MAC_SIZE, MAGIC, Listing, Meta
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
-from twat_cache.paths import atomic_write, cache_root, folder_bytes
+from twat_cache.paths import atomic_write, cache_root, folder_bytes, set_times
 from twat_cache.serializers import PayloadError, UnserializableError, get_secret, sign, verify
 
 __all__ = ["JoblibEngine"]
@@ -100,32 +101,30 @@ class JoblibEngine(PersistentEngine):
         text = self.key_text(key)
         name = files.name_of(text)
         record = self.directory / f"{name}.sig"
-        raw = files.read(record)
-        for _ in range(_RETRIES):
-            if raw is None:
-                return default
-            try:
+        try:
+            raw = files.read(record)
+            for _ in range(_RETRIES):
+                if raw is None:
+                    return default
                 meta = self._verified(raw, name, text)
                 if meta.expired(time.time()):
                     self._claim(name)
                     return default
-                value = self._load(meta)
-            except FileNotFoundError:
-                again = files.read(record)
-                if again != raw:  # replaced or deleted meanwhile: a race, not damage
-                    raw = again
-                    continue
-                problem = PayloadError("the entry's data file is missing")
-            except PayloadError as exc:
-                problem = exc
-            else:
+                try:
+                    value = self._load(meta)
+                except FileNotFoundError:
+                    again = files.read(record)
+                    if again != raw:  # replaced or deleted meanwhile: a race, not damage
+                        raw = again
+                        continue
+                    raise PayloadError("the entry's data file is missing") from None
                 if self._touch:
                     with contextlib.suppress(OSError):
                         now = time.time_ns()
-                        os.utime(record, ns=(now, now))
+                        set_times(record, (now, now))
                 return value
-            self.rejected(key, problem)
-            return default
+        except PayloadError as exc:
+            self.rejected(key, exc)
         return default
 
     def exists(self, key: Any) -> bool:
@@ -133,10 +132,10 @@ class JoblibEngine(PersistentEngine):
         the value is not loaded."""
         text = self.key_text(key)
         name = files.name_of(text)
-        raw = files.read(self.directory / f"{name}.sig")
-        if raw is None:
-            return False
         try:
+            raw = files.read(self.directory / f"{name}.sig")
+            if raw is None:
+                return False
             meta = self._verified(raw, name, text)
         except PayloadError as exc:
             self.rejected(key, exc)
@@ -145,9 +144,10 @@ class JoblibEngine(PersistentEngine):
             self._claim(name)
             return False
         try:
-            return (self.directory / meta.data).stat().st_size == meta.size
+            info = os.lstat(self.directory / meta.data)
         except FileNotFoundError:
             return False
+        return stat.S_ISREG(info.st_mode) and info.st_size == meta.size
 
     def _verified(self, raw: bytes, name: str, text: str) -> Meta:
         if len(raw) < HEAD or raw[: len(MAGIC)] != MAGIC:
@@ -168,7 +168,7 @@ class JoblibEngine(PersistentEngine):
         try:
             if meta.format == files.NPY:
                 return files.load_npy(path, meta, self._secret, mmap_mode)
-            with open(path, "rb") as handle:
+            with open(files.open_data(path), "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
                 if size != meta.size:
                     raise PayloadError(f"data file has {size} bytes, its record says {meta.size}")
@@ -224,7 +224,10 @@ class JoblibEngine(PersistentEngine):
                 bytes(MAC_SIZE) if self._secret is None else sign(self._secret, MAGIC + body)
             )
             blob = MAGIC + signature + body
-            old = files.read(record)
+            try:
+                old = files.read(record)
+            except PayloadError:  # a link planted there: replaced, never followed
+                old = None
             with atomic_write(record) as temp:
                 temp.write_bytes(blob)
                 os.utime(temp, ns=(stored_ns, stored_ns))  # exact: the LRU/FIFO order
@@ -266,6 +269,14 @@ class JoblibEngine(PersistentEngine):
         meta = files.peek(raw, name)
         return meta is None or not meta.expired(time.time())
 
+    def _meta_of(self, name: str) -> Meta | None:
+        """The record of entry `name` as stored, unverified (None: absent, unreadable, or a
+        link, never followed): for bookkeeping, never to serve a value."""
+        try:
+            return files.peek(files.read(self.directory / f"{name}.sig"), name)
+        except PayloadError:
+            return None
+
     def _claim(self, name: str) -> bytes | None:
         """Remove one entry and its data file; returns its record, None if there was none.
 
@@ -280,6 +291,8 @@ class JoblibEngine(PersistentEngine):
             return None
         try:
             raw = files.read(claimed) or b""
+        except PayloadError:  # a link was there: removed below, never followed
+            raw = b""
         finally:
             files.unlink(claimed)
         meta = files.peek(raw, name)
@@ -318,7 +331,7 @@ class JoblibEngine(PersistentEngine):
             found = listing.data.get(name, [])
             meta = None
             if self.expires or len(found) > 1:
-                meta = files.peek(files.read(self.directory / f"{name}.sig"), name)
+                meta = self._meta_of(name)
                 if meta is not None and meta.expired(now):
                     continue
             entries += 1
@@ -367,17 +380,17 @@ class JoblibEngine(PersistentEngine):
 
     def _remove_orphans(self, listing: Listing, now: float) -> int:
         removed = 0
-        for file_name, stat in listing.temps:
-            if now - stat.st_mtime > self.TEMP_MAX_AGE:
+        for file_name, info in listing.temps:
+            if now - info.st_mtime > self.TEMP_MAX_AGE:
                 removed += files.unlink(self.directory / file_name)
         for name, found in list(listing.data.items()):
-            old = [f for f, stat in found if now - stat.st_mtime > self.COMMIT_GRACE]
+            old = [f for f, info in found if now - info.st_mtime > self.COMMIT_GRACE]
             if not old:
                 continue
             if name in listing.records:
                 if len(found) == 1:  # the committed entry's own file (the usual case)
                     continue
-                meta = files.peek(files.read(self.directory / f"{name}.sig"), name)
+                meta = self._meta_of(name)
                 old = [f for f in old if meta is None or f != meta.data]
             for file_name in old:
                 removed += files.unlink(self.directory / file_name)
@@ -388,7 +401,7 @@ class JoblibEngine(PersistentEngine):
         """Drop expired entries from the directory and from `listing`; count them."""
         expired = 0
         for name in list(listing.records):
-            meta = files.peek(files.read(self.directory / f"{name}.sig"), name)
+            meta = self._meta_of(name)
             if meta is not None and meta.expired(now):
                 self._claim(name)
                 del listing.records[name]
@@ -438,7 +451,7 @@ class JoblibEngine(PersistentEngine):
         if policy == "ttl":
 
             def expiry(name: str) -> tuple[float, int]:
-                meta = files.peek(files.read(self.directory / f"{name}.sig"), name)
+                meta = self._meta_of(name)
                 expires = meta.expires if meta is not None and meta.expires is not None else 0.0
                 return (expires or float("inf"), listing.records[name].st_mtime_ns)
 
