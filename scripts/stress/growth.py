@@ -33,7 +33,7 @@ from stress.common import (
 NAME = "growth"
 MEMORY = ("mcache", "acache", "ucache")
 DECORATORS = (*MEMORY, "bcache", "fcache", "fcache(small)", "ucache(url)")
-#: fcache with small values: its rate falls as its folder fills (full profile only).
+#: fcache with small values: many files, each taking a whole block (full profile only).
 FULL_ONLY = {"fcache(small)"}
 ENGINE_OF = {
     "mcache": "memory",
@@ -66,8 +66,9 @@ VALUE_SIZE = {
         "ucache(url)": 256,
     },
 }
-#: Seconds each decorator may take (fcache rescans its folder on every write past its
-#: bound, so it is given a shorter budget: the bound is passed several times within it).
+#: Seconds each decorator may take. fcache writes (and signs) one file per value, so
+#: 1,000,000 keys would take hours: it gets a budget in which its bound is passed several
+#: times, and its row reports the rate it kept and how long every key would take.
 BUDGET = {"full": {"fcache": 600.0, "fcache(small)": 600.0}, "quick": {}}
 SAMPLES = 50
 

@@ -22,6 +22,7 @@ __all__ = [
     "cache_dir",
     "cache_root",
     "default_folder",
+    "disk_usage",
     "folder_bytes",
     "make_dirs_beneath",
     "make_private_dirs",
@@ -144,6 +145,14 @@ def folder_bytes(directory: Path) -> int:
             if stat.S_ISREG(info.st_mode):
                 size += info.st_size
     return size
+
+
+def disk_usage(info: os.stat_result) -> int:
+    """Bytes a file takes on disk, from its `stat`: the blocks allocated to it (a small
+    file takes a whole block, 4 KiB and up, whatever its length); where no blocks are
+    reported (Windows), its length."""
+    blocks = getattr(info, "st_blocks", None)
+    return info.st_size if blocks is None else int(blocks) * 512
 
 
 def make_private_dirs(path: str | os.PathLike[str]) -> None:

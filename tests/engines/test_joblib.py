@@ -681,6 +681,73 @@ def test_byte_limit(make: Callable[..., JoblibEngine]) -> None:
     assert sum(p.stat().st_size for p in files(engine)) <= 200_000
 
 
+def _blocks(engine: JoblibEngine) -> int:
+    return sum(p.lstat().st_blocks * 512 for p in files(engine))
+
+
+def test_a_byte_bound_counts_the_blocks_files_take(make: Callable[..., JoblibEngine]) -> None:
+    # Tiny entries take a whole block or more per file (4 KiB and up), far more than their
+    # lengths: the bound is on what the folder takes on disk.
+    engine = make(maxsize="100KB")
+    for i in range(200):
+        engine.set(f"k{i}", i)
+        assert _blocks(engine) <= 100_000
+    lengths = sum(p.lstat().st_size for p in files(engine))
+    assert lengths < 100_000 // 4  # what a bound on lengths would have let grow 4x and more
+    assert engine.exists("k199")
+
+
+def test_past_a_byte_bound_the_folder_is_trimmed_to_evict_to(
+    make: Callable[..., JoblibEngine],
+) -> None:
+    engine = make(maxsize="200KB")
+    written = 0
+    while _blocks(engine) + 45_000 <= 200_000:  # fill up to just under the bound
+        engine.set(f"k{written}", os.urandom(40_000))
+        written += 1
+    engine.set("over", os.urandom(40_000))
+    assert _blocks(engine) <= JoblibEngine.EVICT_TO * 200_000
+    assert engine.exists("over")
+    assert not engine.exists("k0")
+
+
+def test_an_entry_count_is_kept_exactly(make: Callable[..., JoblibEngine]) -> None:
+    engine = make(maxsize=50)
+    for i in range(120):
+        engine.set(f"k{i}", i)
+    assert len(engine) == 50
+    assert all(engine.exists(f"k{i}") for i in range(70, 120))
+
+
+def test_scans_get_rarer_as_the_folder_grows(
+    make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The accounting follows each write; the directory is rescanned (for other processes'
+    # writes) after a fraction of the entries, not a fixed number of writes, and past a
+    # byte bound once per eviction down to EVICT_TO: a scan reads every file's metadata,
+    # so rescans at a fixed rate made each write cost more as the folder grew.
+    scans = []
+    real_scan = joblib_files.scan
+
+    def counted(directory: Path) -> Any:
+        scans.append(directory)
+        return real_scan(directory)
+
+    monkeypatch.setattr(joblib_files, "scan", counted)
+    monkeypatch.setattr(JoblibEngine, "RESCAN_WRITES", 4)
+    under = make(folder_name="under")  # the default bound, 1 GiB: never reached here
+    scans.clear()
+    for i in range(1_000):
+        under.set(f"k{i}", i)
+    assert len(scans) <= 60  # every 4 writes would be 250
+    bounded = make(folder_name="bounded", maxsize="400KB")  # about 50 tiny entries
+    scans.clear()
+    for i in range(1_000):
+        bounded.set(f"k{i}", i)
+    assert len(scans) <= 250  # a scan on every write past the bound would be ~950
+    assert _blocks(bounded) <= 400_000
+
+
 def test_bound_covers_entries_of_other_instances(make: Callable[..., JoblibEngine]) -> None:
     first, second = make(maxsize=4), make(maxsize=4)
     for i in range(4):

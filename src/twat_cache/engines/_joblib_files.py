@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from twat_cache.paths import NotFollowedError, open_file, read_file
+from twat_cache.paths import NotFollowedError, disk_usage, open_file, read_file
 from twat_cache.serializers import PayloadError, UnserializableError
 
 if TYPE_CHECKING:
@@ -88,6 +88,14 @@ def open_data(path: Path, flags: int = os.O_RDONLY) -> int:
         return open_file(path, flags)
     except NotFollowedError as exc:
         raise PayloadError(f"the data file {path.name}: {exc.strerror}") from None
+
+
+def usage_of(path: Path) -> int:
+    """`disk_usage` of the file at `path` (not following a link); 0 if it is gone."""
+    try:
+        return disk_usage(os.lstat(path))
+    except FileNotFoundError:
+        return 0
 
 
 def unlink(path: Path) -> bool:

@@ -22,6 +22,7 @@ import klepto.archives
 from twat_cache.paths import (
     NotFollowedError,
     beneath,
+    disk_usage,
     make_dirs_beneath,
     open_file,
     read_file,
@@ -43,7 +44,7 @@ _ENTRY_PREFIX, _TEMP_PREFIX, _FILE = "K_", "K_.I_", "output.json"  # klepto's di
 class Entry:
     name: str
     time: float  # last access (lru) or store time (other policies)
-    size: int
+    size: int  # bytes it takes on disk (dir archive: blocks), or its length (SQL archive)
     expires: float | None
     stored: float | None = None  # when the entry was written, if known
 
@@ -114,7 +115,8 @@ class DirStore:
         except ValueError:
             raise PayloadError("the stored entry is not valid JSON (corrupt)") from None
 
-    def write(self, name: str, record: list[Any]) -> None:
+    def write(self, name: str, record: list[Any]) -> int:
+        """Store `record` as entry `name`; returns the bytes it takes on disk (blocks)."""
         expected = len(json.dumps(record))
         start = time.time() - 0.05  # file timestamps come from a coarser clock
         make_dirs_beneath(self.root.parent, self.root.name)  # a concurrent clear may prune it
@@ -136,19 +138,23 @@ class DirStore:
                 os.close(fd)
             if landed:  # klepto's files follow the umask: made private above
                 self.touch(name, stored=True)  # precise times: the kernel's file clock is coarse
-                return
+                try:
+                    return disk_usage(info) + disk_usage(os.lstat(self._entry(name)))
+                except FileNotFoundError:  # removed meanwhile (a concurrent clear)
+                    return 0
         problem = self._write_problem(expected)
         try:
             self.read(name)
         except KeyError:
             if problem:  # else a concurrent clear or delete won the race: a miss, no fault
                 raise problem from None
-            return
+            return 0
         except PayloadError:
             self.remove(name)
             raise problem or OSError(errno.EIO, "klepto wrote a partial entry") from None
         if problem:  # what is there is an older entry our write failed to replace
             raise problem
+        return 0
 
     def _write_problem(self, size: int) -> OSError | None:
         if not os.access(self.root, os.W_OK):
@@ -211,14 +217,17 @@ class DirStore:
                     continue
                 try:
                     info = os.lstat(os.path.join(entry.path, _FILE))
-                    stored = entry.stat(follow_symlinks=False).st_mtime
+                    directory = entry.stat(follow_symlinks=False)
                     if not stat.S_ISREG(info.st_mode):
                         raise NotFollowedError(entry.path, "not a regular file")
                 except (FileNotFoundError, NotADirectoryError, NotFollowedError):
                     # Being replaced, or left by a killed writer.
                     removed += self._drop_orphan(entry.path, now, orphan_age)
                     continue
-                found.append(Entry(name, info.st_mtime, info.st_size, self.expiry(name), stored))
+                # What the entry takes on disk: its file's blocks and its directory's.
+                size = disk_usage(info) + disk_usage(directory)
+                expires = self.expiry(name)
+                found.append(Entry(name, info.st_mtime, size, expires, directory.st_mtime))
             elif entry.name.startswith(_TEMP_PREFIX):
                 removed += self._drop_orphan(entry.path, now, orphan_age)
         return found, removed
@@ -310,12 +319,14 @@ class SqlStore:
         except ValueError as exc:
             raise PayloadError(f"the stored entry is not valid JSON: {exc}") from None
 
-    def write(self, name: str, record: list[Any]) -> None:
+    def write(self, name: str, record: list[Any]) -> int:
+        """Store `record` as entry `name`; returns its length (what the bound counts)."""
         data, meta = self._tables()
         text = json.dumps(record)
         self._replace(data, name, text)  # data first: a crash in between leaves data only,
         now = time.time()
         self._replace(meta, name, json.dumps([record[0], now, len(text), now]))  # repaired
+        return len(text)
 
     def remove(self, name: str) -> None:
         data, meta = self._tables()

@@ -22,7 +22,7 @@ from twat_cache.config import CacheConfig
 from twat_cache.engines import _joblib_files as files
 from twat_cache.engines._joblib_files import HEAD, MAC_SIZE, MAGIC, Listing, Meta
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
-from twat_cache.paths import atomic_write, cache_root, folder_bytes, set_times
+from twat_cache.paths import atomic_write, cache_root, disk_usage, folder_bytes, set_times
 from twat_cache.serializers import PayloadError, UnserializableError, get_secret, sign, verify
 
 __all__ = ["JoblibEngine"]
@@ -40,9 +40,10 @@ class JoblibEngine(PersistentEngine):
     With `secure=True` (the default) each data file is signed (keyed BLAKE2b in tree mode,
     leaves hashed in parallel) and verified before `joblib.load` unpickles it, or before an
     `.npy` array read into memory is handed out. `maxsize` is an entry count or a byte size
-    (default 1 GiB), enforced after each write by evicting least recently used entries (or
-    oldest first for 'fifo', nearest expiry for 'ttl', at random for 'rr'); entries expire
-    by stored time. `mmap_mode` maps arrays after their file is verified; it has no effect
+    (default 1 GiB) of disk usage (the blocks files take, not their lengths), enforced after
+    each write by evicting least recently used entries (or oldest first for 'fifo', nearest
+    expiry for 'ttl', at random for 'rr'), down to `EVICT_TO` of a byte bound; entries
+    expire by stored time. `mmap_mode` maps arrays after their file is verified; it has no effect
     on compressed entries (joblib cannot map them: they load into memory, as with joblib
     itself) nor on empty `.npy` arrays, and 'r+' is refused with `secure=True` (it would
     write into signed files). Keys that are not `str` are turned into stable digests.
@@ -62,10 +63,17 @@ class JoblibEngine(PersistentEngine):
     TEMP_MAX_AGE: ClassVar[float] = 3600.0
     #: Seconds a data file without a record may wait for its writer to commit it.
     COMMIT_GRACE: ClassVar[float] = 60.0
-    #: Writes, and seconds, after which the size accounting is refreshed from the directory
-    #: (other processes write there too).
+    #: The size accounting is kept up to date by each write, and refreshed from the
+    #: directory (other processes write there too) after `RESCAN_WRITES` writes or one
+    #: `RESCAN_FRACTION` of the entries, whichever is more, or `RESCAN_SECONDS`: a scan
+    #: costs one lstat per file, so its cost per write stays flat as the folder grows.
     RESCAN_WRITES: ClassVar[int] = 64
+    RESCAN_FRACTION: ClassVar[float] = 0.125
     RESCAN_SECONDS: ClassVar[float] = 30.0
+    #: Past a byte bound, the folder is evicted down to this fraction of it, so that the
+    #: scan eviction needs is paid once per tenth of the bound written, not on every write.
+    #: An entry count is kept exactly (a count is a promise about which entries stay).
+    EVICT_TO: ClassVar[float] = 0.9
 
     @classmethod
     def unsupported(cls, config: CacheConfig) -> str | None:
@@ -235,11 +243,13 @@ class JoblibEngine(PersistentEngine):
             files.unlink(data)  # never committed: no reader can have it
             raise
         old_meta = files.peek(old, name)
+        # Disk usage (blocks, as the bound counts them): the new files, less the old data
+        # file; a replaced record takes about what its replacement takes.
+        grown = files.usage_of(data) + (files.usage_of(record) if old is None else 0)
         if old_meta is not None:
-            files.unlink(self.directory / old_meta.data)
-        grown = size + len(blob)
-        if old is not None:
-            grown -= len(old) + (old_meta.size if old_meta is not None else 0)
+            old_data = self.directory / old_meta.data
+            grown -= files.usage_of(old_data)
+            files.unlink(old_data)
         self._after_write(name, 0 if old is not None else 1, grown)
 
     def _dump(self, path: Path, value: Any) -> tuple[int, bytes]:
@@ -364,7 +374,7 @@ class JoblibEngine(PersistentEngine):
             self._writes += 1
             used = self._bytes if self._by_bytes else self._count
             over = self._bound is not None and used > self._bound
-            stale = self._writes >= self.RESCAN_WRITES or (
+            stale = self._writes >= max(self.RESCAN_WRITES, self.RESCAN_FRACTION * self._count) or (
                 time.monotonic() - self._scanned_at > self.RESCAN_SECONDS
             )
         due = over or (stale and (self._bound is not None or self.expires))
@@ -419,19 +429,22 @@ class JoblibEngine(PersistentEngine):
         if expire or self.expires:
             removed += self._expire(listing, now)
         weights = {
-            name: stat.st_size + sum(s.st_size for _, s in listing.data.get(name, ()))
-            for name, stat in listing.records.items()
+            name: disk_usage(info) + sum(disk_usage(s) for _, s in listing.data.get(name, ()))
+            for name, info in listing.records.items()
         }
-        loose = sum(s.st_size for n, f in listing.data.items() if n not in weights for _, s in f)
+        loose = sum(
+            disk_usage(s) for n, f in listing.data.items() if n not in weights for _, s in f
+        )
         count, total = len(weights), sum(weights.values()) + loose
         bound = self._bound
         if bound is not None and (total if self._by_bytes else count) > bound:
+            target = int(bound * self.EVICT_TO) if self._by_bytes else bound
             order = self._eviction_order(listing)
             if keep in weights:
                 order.remove(keep)
                 order.append(keep)
             for name in order:
-                if (total if self._by_bytes else count) <= bound:
+                if (total if self._by_bytes else count) <= target:
                     break
                 self._claim(name)
                 count -= 1

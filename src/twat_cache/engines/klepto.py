@@ -123,9 +123,10 @@ class KleptoEngine(PersistentEngine):
             if self._bytes and bound is not None and len(encoded) > bound:
                 self._store.remove(name)  # it could never fit: keep nothing stale either
                 return
-            self._store.write(name, [expires, encoded])
+            # An overwrite is counted again: an estimate on the safe side, which the next
+            # scan corrects.
+            self._estimate += self._store.write(name, [expires, encoded])
             self._writes_since_scan += 1
-            self._estimate += len(encoded)
             self._enforce(name)
 
     def _enforce(self, written: str | None) -> int:
