@@ -3,14 +3,18 @@ over several seconds, so the circuit breaker's cool-down passes) while its Redis
 refuses connections, accepts them and never answers (a blackhole), or is killed and started
 again mid-run. Every call must return the right result; the added latency stays bounded
 (p99 within twice the operation timeout, within 1 ms while the breaker is open); and once
-the server is back, caching resumes by itself.
+the server is back, caching resumes by itself. While the server refuses, 64 threads and 64
+tasks on one cold key must still run the function once (stampede protection holds during
+an outage).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +23,7 @@ from stress.common import (
     ALL,
     PROFILES,
     YES,
+    ZERO,
     Rows,
     at_most,
     duration,
@@ -30,6 +35,7 @@ from stress.servers import Blackhole, RedisServer, free_port, private_server, re
 
 NAME = "outage"
 KEYS = 50
+WORK = 0.05  # seconds the function takes in the stampede: the window the callers pile into
 
 
 @dataclass
@@ -139,22 +145,51 @@ def _judge(
     )
 
 
-def _stampede_while_refused(subject: Subject) -> int:
-    """Executions of one cold key by 64 threads at once, while the server refuses."""
-    before = subject.executions
-    barrier = threading.Barrier(64)
-    slow = subject.f
+def _stampede_while_refused(url: str, workers: int, rounds: int) -> Counter[str]:
+    """Rounds in which `workers` threads, then `workers` tasks of one event loop, calling
+    one cold key at once ran the function other than exactly once, while the server at
+    `url` refuses every connection."""
+    from twat_cache import acache, ucache
 
-    def run() -> None:
-        barrier.wait()
-        slow(10_000)
+    lock = threading.Lock()
+    executions: Counter[tuple[str, int]] = Counter()
 
-    threads = [threading.Thread(target=run) for _ in range(64)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return subject.executions - before
+    def slow(key: int) -> int:
+        with lock:
+            executions[("threads", key)] += 1
+        time.sleep(WORK)
+        return key
+
+    async def aslow(key: int) -> int:
+        executions[("tasks", key)] += 1
+        await asyncio.sleep(WORK)
+        return key
+
+    f = ucache(url=url, folder_name="outage-stampede")(slow)
+    af = acache(url=url, folder_name="outage-stampede-async")(aslow)
+    bad: Counter[str] = Counter()
+    for key in range(rounds):
+        barrier = threading.Barrier(workers)
+        results: list[Any] = []
+
+        def run(key: int = key, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            results.append(f(key))
+
+        threads = [threading.Thread(target=run, daemon=True) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        if executions[("threads", key)] != 1 or results != [key] * workers:
+            bad["threads"] += 1
+
+        async def gather(key: int = key) -> list[Any]:
+            return await asyncio.gather(*(af(key) for _ in range(workers)))
+
+        if asyncio.run(gather()) != [key] * workers or executions[("tasks", key)] != 1:
+            bad["tasks"] += 1
+    return bad
 
 
 @contextlib.contextmanager
@@ -186,15 +221,18 @@ def main(
     port = free_port()
     subject = Subject(f"redis://127.0.0.1:{port}/0", "outage-refused", cooldown)
     made = paced(subject, calls, seconds, {0: lambda: True})
-    stampede = _stampede_while_refused(subject)
+    workers, rounds = p.stampede_workers, p.stampede_rounds
+    stampede = _stampede_while_refused(subject.f.cache_engine.config.url, workers, rounds)
     with _serving(port):
         _judge(rows, "refused", subject, made, subject.until_hit(limit))
-    rows.info(
-        "redis (refused)",
-        "executions of one cold key, 64 threads, server refused",
-        stampede,
-        note="a read fault calls the function outside the stampede lock",
-    )
+    for kind in ("threads", "tasks"):
+        rows.judge(
+            "redis (refused)",
+            f"cold keys not computed exactly once, server refused: {kind}",
+            stampede[kind],
+            ZERO,
+            shown=f"{stampede[kind]} of {rounds} rounds ({workers} {kind} each)",
+        )
 
     progress(f"{NAME}: blackholed, {calls:,} calls over {seconds:.0f} s")
     hole = Blackhole().__enter__()
