@@ -172,7 +172,9 @@ def _stampede_while_refused(url: str, workers: int, rounds: int) -> Counter[str]
         barrier = threading.Barrier(workers)
         results: list[Any] = []
 
-        def run(key: int = key, barrier: threading.Barrier = barrier) -> None:
+        def run(
+            key: int = key, barrier: threading.Barrier = barrier, results: list[Any] = results
+        ) -> None:
             barrier.wait()
             results.append(f(key))
 
