@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,6 +28,28 @@ def _memory_engines() -> list[Any]:
 MEMORY_ENGINES = _memory_engines()
 
 
+def run_threads(n: int, target: Callable[[int], Any]) -> tuple[list[Any], list[Any]]:
+    """Run `target(i)` in n threads released together; return results and errors by index."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = target(i)
+        except BaseException as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads), "threads hung"
+    return results, errors
+
+
 def stampede_on_one_key(
     decorate: Any, *, threads: int = 0, tasks: int = 0, key: int = 7
 ) -> tuple[list[int], list[Any]]:
@@ -37,7 +61,6 @@ def stampede_on_one_key(
     not share the first one's computation, not a late arrival.
     """
     import asyncio
-    import threading
     import time
 
     callers = threads or tasks
@@ -58,18 +81,12 @@ def stampede_on_one_key(
             time.sleep(0.2)
             return [x]
 
-        results: list[Any] = [None] * threads
-
-        def run(i: int) -> None:
+        def call(_: int) -> list[int]:
             arrived.release()
-            results[i] = compute(key)
+            return compute(key)
 
-        workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=30)
-        assert not any(worker.is_alive() for worker in workers), "threads hung"
+        results, errors = run_threads(threads, call)
+        assert errors == [None] * threads, errors
         return executions, results
 
     called = [0]  # tasks of one loop: a plain counter

@@ -209,18 +209,14 @@ def test_refused_async_calls_return_results(
 # --- blackholed -------------------------------------------------------------------------
 
 
-def test_refused_threads_on_a_cold_key_compute_once(refused_url: str) -> None:
+@pytest.mark.parametrize("callers", [{"threads": 16}, {"tasks": 32}], ids=["threads", "tasks"])
+def test_refused_callers_of_a_cold_key_compute_once(
+    refused_url: str, callers: dict[str, int]
+) -> None:
     # Stampede protection holds during an outage: the callers share one computation.
+    decorate = (ucache if "threads" in callers else acache)(url=refused_url)
     with Faults() as faults:
-        executions, results = stampede_on_one_key(ucache(url=refused_url), threads=16)
-    assert executions == [7]
-    assert all(result is results[0] for result in results)
-    assert faults.operations() == ["read"]
-
-
-def test_refused_tasks_on_a_cold_key_compute_once(refused_url: str) -> None:
-    with Faults() as faults:
-        executions, results = stampede_on_one_key(acache(url=refused_url), tasks=32)
+        executions, results = stampede_on_one_key(decorate, **callers)
     assert executions == [7]
     assert all(result is results[0] for result in results)
     assert faults.operations() == ["read"]

@@ -5,38 +5,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from _support import MEMORY_ENGINES
+from _support import MEMORY_ENGINES, run_threads
 from twat_cache import acache, mcache
 
 THREADS = 32
 TASKS = 100
-
-
-def _run_threads(n: int, target: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    """Run `target(i)` in n threads released together; return results and errors by index."""
-    barrier = threading.Barrier(n)
-    results: list[Any] = [None] * n
-    errors: list[Any] = [None] * n
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = target(i)
-        except BaseException as exc:
-            errors[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert not any(t.is_alive() for t in threads), "threads hung"
-    return results, errors
 
 
 # --- threads ------------------------------------------------------------------------------
@@ -52,7 +29,7 @@ def test_threads_on_one_cold_key_compute_once(engine: str) -> None:
         time.sleep(0.05)
         return {"x": x}
 
-    results, errors = _run_threads(THREADS, lambda i: slow(7))
+    results, errors = run_threads(THREADS, lambda i: slow(7))
     assert errors == [None] * THREADS
     assert executions == [7]
     assert all(r is results[0] for r in results)
@@ -73,7 +50,7 @@ def test_threads_on_five_cold_keys_compute_each_once() -> None:
         return [x]
 
     n = 5 * 8
-    results, errors = _run_threads(n, lambda i: slow(i % 5))
+    results, errors = run_threads(n, lambda i: slow(i % 5))
     assert errors == [None] * n
     assert sorted(executions) == [0, 1, 2, 3, 4]
     for i in range(n):
@@ -92,7 +69,7 @@ def test_threads_share_an_exception_which_is_not_cached() -> None:
         time.sleep(0.05)
         raise ValueError(f"bad {x}")
 
-    results, errors = _run_threads(THREADS, lambda i: failing(3))
+    results, errors = run_threads(THREADS, lambda i: failing(3))
     assert results == [None] * THREADS
     assert all(isinstance(e, ValueError) and str(e) == "bad 3" for e in errors), errors
     assert executions == [3]
@@ -111,7 +88,7 @@ def test_lock_false_still_returns_right_results() -> None:
         time.sleep(0.05)
         return x * 2
 
-    results, errors = _run_threads(THREADS, lambda i: slow(4))
+    results, errors = run_threads(THREADS, lambda i: slow(4))
     assert errors == [None] * THREADS
     assert results == [8] * THREADS
     assert 1 <= len(executions) <= THREADS
@@ -295,7 +272,7 @@ def test_two_threads_with_their_own_event_loops(decorator: str) -> None:
     async def many(x: int) -> list[int]:
         return await asyncio.gather(*(slow(x) for _ in range(10)))
 
-    results, errors = _run_threads(2, lambda i: asyncio.run(many(9)))
+    results, errors = run_threads(2, lambda i: asyncio.run(many(9)))
     assert errors == [None, None]
     assert results == [[27] * 10, [27] * 10]
     assert 1 <= len(executions) <= 20
@@ -336,7 +313,7 @@ def test_second_event_loop_keeps_its_own_stampede_protection() -> None:
         finally:
             second_done.set()
 
-    results, errors = _run_threads(2, lambda i: loop_a() if i == 0 else loop_b())
+    results, errors = run_threads(2, lambda i: loop_a() if i == 0 else loop_b())
     assert errors == [None, None]
     assert results == [27, [27] * 10]
     assert len(executions) <= 2  # at most one computation per event loop

@@ -616,20 +616,31 @@ def test_joblib_data_file_link_is_rejected(
     assert snapshot(outside) == before
 
 
-def test_joblib_lru_hit_never_touches_a_link_target(
-    root: Path, outside: Path, opened: list[Any]
+@pytest.mark.parametrize(
+    ("engine_class", "archive", "pattern"),
+    [(JoblibEngine, "", "*.sig"), (KleptoEngine, "klepto", "K_*/output.json")],
+    ids=["joblib", "klepto"],
+)
+def test_lru_hit_never_touches_a_link_target(
+    root: Path,
+    outside: Path,
+    opened: list[Any],
+    engine_class: type[Any],
+    archive: str,
+    pattern: str,
 ) -> None:
-    engine = JoblibEngine(CacheConfig(folder_name="lru", policy="lru"))
+    engine = engine_class(CacheConfig(folder_name="lru", policy="lru"))
     opened.append(engine)
     target = old_file(outside / "target", b"outside\n")
     before = snapshot(outside)
-    # The record becomes a link while its value loads: the hit then touches the link.
-    engine.set("k", Swapper("*.sig", engine.directory, target))
+    # The entry's file becomes a link while its value loads: the hit then touches the link.
+    folder = engine.directory / archive
+    engine.set("k", Swapper(pattern, folder, target))
     start = time.time_ns()
     assert engine.get("k") == "swapped"
-    (record,) = engine.directory.glob("*.sig")
-    assert record.is_symlink()
-    assert os.lstat(record).st_mtime_ns >= start  # the touch happened, on the link itself
+    (entry,) = folder.glob(pattern)
+    assert entry.is_symlink()
+    assert os.lstat(entry).st_mtime_ns >= start  # the touch happened, on the link itself
     assert os.stat(target).st_mtime_ns == OLD_NS
     assert snapshot(outside) == before
 
@@ -792,24 +803,6 @@ def test_klepto_entry_file_link_is_rejected(root: Path, outside: Path, opened: l
     assert stat.S_ISREG(entry_file.lstat().st_mode)
     assert f(7) == large(7)
     assert counted.calls == [7, 7]
-    assert snapshot(outside) == before
-
-
-def test_klepto_lru_hit_never_touches_a_link_target(
-    root: Path, outside: Path, opened: list[Any]
-) -> None:
-    engine = KleptoEngine(CacheConfig(folder_name="klru", policy="lru"))
-    opened.append(engine)
-    target = old_file(outside / "target", b"outside\n")
-    before = snapshot(outside)
-    # The entry file becomes a link while its value loads: the hit then touches the link.
-    engine.set("k", Swapper("K_*/output.json", engine.directory / "klepto", target))
-    start = time.time_ns()
-    assert engine.get("k") == "swapped"
-    (entry_file,) = (engine.directory / "klepto").glob("K_*/output.json")
-    assert entry_file.is_symlink()
-    assert os.lstat(entry_file).st_mtime_ns >= start  # the touch happened, on the link itself
-    assert os.stat(target).st_mtime_ns == OLD_NS
     assert snapshot(outside) == before
 
 
