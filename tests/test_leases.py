@@ -22,7 +22,7 @@ redis = pytest.importorskip("redis")
 
 from _redis import RedisServer  # noqa: E402
 from twat_cache import CacheConfig, ucache  # noqa: E402
-from twat_cache.engines import redis as redis_module  # noqa: E402
+from twat_cache.engines import _redis_breaker as breakers  # noqa: E402
 from twat_cache.engines.redis import RedisEngine  # noqa: E402
 from twat_cache.exceptions import CacheFaultWarning  # noqa: E402
 
@@ -34,7 +34,7 @@ PROCESS_TIMEOUT = 30.0  # a hang guard for one worker process, far above its nor
 
 @pytest.fixture(autouse=True)
 def _fresh_breakers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_module, "_BREAKERS", {})
+    monkeypatch.setattr(breakers, "_BREAKERS", {})
 
 
 # One worker process: waits at a barrier (files), calls the cached function on one key,

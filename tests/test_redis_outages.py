@@ -31,7 +31,7 @@ from twat_cache import (  # noqa: E402
     ucache,
 )
 from twat_cache.config import DEFAULT_TIMEOUT  # noqa: E402
-from twat_cache.engines import redis as redis_module  # noqa: E402
+from twat_cache.engines import _redis_breaker as breakers  # noqa: E402
 from twat_cache.engines.redis import FAILURES_TO_OPEN, RedisEngine  # noqa: E402
 from twat_cache.exceptions import CacheFaultWarning, ServerUnavailableError  # noqa: E402
 
@@ -45,7 +45,7 @@ SHORT = 0.2  # a cool-down a test waits out
 @pytest.fixture(autouse=True)
 def _fresh_breakers(monkeypatch: pytest.MonkeyPatch) -> None:
     # Breakers are per server and per process; each test starts with none.
-    monkeypatch.setattr(redis_module, "_BREAKERS", {})
+    monkeypatch.setattr(breakers, "_BREAKERS", {})
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from twat_cache import acache, mcache, ucache
 from twat_cache.config import DEFAULT_L1_TTL, DEFAULT_MAXSIZE
-from twat_cache.engines import redis as redis_module
+from twat_cache.engines import _redis_breaker as breakers
 from twat_cache.exceptions import CacheFaultWarning, ConfigurationError
 
 L1_TTL = 0.5  # seconds: the tier's entries outlive a few calls, and a test waits them out
@@ -23,7 +23,7 @@ MEMORY_ENGINES = {"cachebox", "cachetools", "functools"}
 
 @pytest.fixture(autouse=True)
 def _fresh_breakers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_module, "_BREAKERS", {})
+    monkeypatch.setattr(breakers, "_BREAKERS", {})
 
 
 @pytest.fixture(

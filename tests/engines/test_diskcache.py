@@ -29,7 +29,7 @@ diskcache = pytest.importorskip("diskcache")
 from pydantic import ByteSize  # noqa: E402
 
 from twat_cache import MISS, CacheConfig, mcache  # noqa: E402
-from twat_cache.engines import diskcache as engine_module  # noqa: E402
+from twat_cache.engines import _diskcache_disk as disk_module  # noqa: E402
 from twat_cache.engines.diskcache import DiskCacheEngine  # noqa: E402
 from twat_cache.exceptions import (  # noqa: E402
     CacheFaultWarning,
@@ -701,8 +701,8 @@ def test_the_read_path_returns_what_diskcache_get_returns(
     elif state == "null value":
         update_row(engine, "k", value=None)
     ours, theirs = engine._select("k", MISS), engine._cache.get("k", MISS)
-    if isinstance(ours, engine_module._Vanished):
-        assert isinstance(theirs, engine_module._Vanished)
+    if isinstance(ours, disk_module.Vanished):
+        assert isinstance(theirs, disk_module.Vanished)
         assert ours.filename == theirs.filename
     elif isinstance(ours, bytes):
         assert ours == theirs
@@ -713,7 +713,7 @@ def test_the_read_path_returns_what_diskcache_get_returns(
         assert str(ours) == str(theirs)
     else:
         assert ours is theirs
-        assert ours is MISS or ours is engine_module._FOREIGN
+        assert ours is MISS or ours is disk_module.FOREIGN
 
 
 @contextlib.contextmanager
@@ -795,7 +795,7 @@ def test_unpicklable_result_is_returned_uncached() -> None:
 
 
 def test_disk_full_while_writing_a_value_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write_all = engine_module._write_all
+    real_write_all = disk_module.write_all
 
     def half_then_full(fd: int, data: bytes) -> None:
         real_write_all(fd, data[: len(data) // 2])
@@ -808,7 +808,7 @@ def test_disk_full_while_writing_a_value_file(monkeypatch: pytest.MonkeyPatch) -
         calls.append(x)
         return bytes([x]) * BIG
 
-    monkeypatch.setattr(engine_module, "_write_all", half_then_full)
+    monkeypatch.setattr(disk_module, "write_all", half_then_full)
     with pytest.warns(CacheFaultWarning, match="No space left") as record:
         results = [big(1), big(1)]
     assert results == [b"\x01" * BIG] * 2

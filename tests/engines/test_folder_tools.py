@@ -333,7 +333,9 @@ if fault not in ("random", "live"):  # two entries, then one operation killed at
     engine.set("k1", value("k1", 100_000))
     files = getattr(module, "files", None)
     if fault == "value-file":
-        then_die(module._PayloadDisk, "_write_private")
+        from twat_cache.engines._diskcache_disk import PayloadDisk
+
+        then_die(PayloadDisk, "_write_private")
     elif fault == "data-temp":
         then_die(cls, "_dump")
     elif fault == "uncommitted":

@@ -25,7 +25,7 @@ import pytest
 redis = pytest.importorskip("redis")
 
 from twat_cache import MISS, CacheConfig, ucache  # noqa: E402
-from twat_cache.engines import redis as redis_module  # noqa: E402
+from twat_cache.engines import _redis_breaker as breakers  # noqa: E402
 from twat_cache.engines.redis import (  # noqa: E402
     DEFAULT_REMOTE_MAXSIZE,
     URL_ENV,
@@ -43,7 +43,7 @@ TTL = 0.5  # seconds: short enough to wait out, long enough to read PTTL before 
 def _fresh_breakers(monkeypatch: pytest.MonkeyPatch) -> None:
     # Circuit breakers are per server and per process: a test elsewhere that stopped the
     # shared server must not leave this one skipping it for a cool-down.
-    monkeypatch.setattr(redis_module, "_BREAKERS", {})
+    monkeypatch.setattr(breakers, "_BREAKERS", {})
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import contextlib
 import os
 import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,22 +13,16 @@ from typing import Any, ClassVar, Final
 
 import diskcache
 from diskcache import EVICTION_POLICY
-from diskcache.core import DBNAME, MODE_BINARY, MODE_RAW, UNKNOWN
+from diskcache.core import DBNAME, MODE_RAW
 from pydantic import ByteSize
 
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
-from twat_cache.engines._diskcache_tools import is_value_file, live_entries, remove_orphans
+from twat_cache.engines._diskcache_disk import PayloadDisk, Vanished
+from twat_cache.engines._diskcache_tools import live_entries, remove_orphans
 from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
-from twat_cache.paths import (
-    NotFollowedError,
-    beneath,
-    folder_bytes,
-    make_dirs_beneath,
-    read_file,
-    refuse_links,
-)
+from twat_cache.paths import folder_bytes, refuse_links
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DiskCacheEngine"]
@@ -55,7 +48,6 @@ _VICTIM_ORDER: Final = {
 #: diskcache's size_limit when entries are counted, or nothing is bounded (SQLite's max int).
 _NO_BYTE_LIMIT: Final = 2**63 - 1
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0)
 #: sqlite's primary result codes for a malformed file (SQLITE_CORRUPT, SQLITE_NOTADB).
 _CORRUPT_CODES: Final = frozenset({11, 26})
 #: sqlite's primary result codes for a lock held past the busy timeout (SQLITE_BUSY, _LOCKED).
@@ -64,112 +56,6 @@ _BUSY_CODES: Final = frozenset({5, 6})
 #: the expiry, by the unique (key, raw) index. Expiry is checked in Python (no clock read
 #: for the rows without one, which is every row of an engine without a ttl).
 _SELECT: Final = "SELECT expire_time, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
-
-
-class _Vanished:
-    """A row whose value file is missing: removed by a concurrent writer, or deleted."""
-
-    __slots__ = ("filename",)
-
-    def __init__(self, filename: str) -> None:
-        self.filename = filename
-
-
-#: A row this engine did not write (a diskcache pickle, text, a NULL or a foreign path).
-_FOREIGN: Final = object()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class _PayloadDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type information
-    """diskcache's Disk for signed payloads: values are bytes stored raw (in the database
-    below `min_file_size`, else in a private file), keys are str, and nothing is ever
-    unpickled: a row holding a pickle is reported as foreign, never loaded."""
-
-    def __init__(self, directory: str, **settings: Any) -> None:
-        super().__init__(directory, **settings)
-        self._written = threading.local()
-
-    def put(self, key: Any) -> tuple[Any, bool]:
-        if type(key) is not str:
-            raise TypeError(f"keys are str here, not {type(key).__name__}")
-        return key, True
-
-    def get(self, key: Any, raw: bool) -> Any:
-        if not raw:
-            raise PayloadError("a pickled key was found in the cache database: not loaded")
-        return key
-
-    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
-        if type(value) is not bytes or read:
-            raise TypeError("only payload bytes are stored")
-        if len(value) < self.min_file_size:
-            return 0, MODE_RAW, None, sqlite3.Binary(value)
-        filename, full_path = self.filename(key, value)
-        self._write_private(filename, full_path, value)
-        self._written.filename = filename
-        return len(value), MODE_BINARY, filename, None
-
-    def _write_private(self, filename: str, full_path: str, data: bytes) -> None:
-        # A fresh random name, referenced by the database only once the row commits: a
-        # reader never sees this file half-written, and a killed writer leaves an orphan,
-        # never a wrong entry. A failed write removes what it wrote (a full disk). A link
-        # planted in place of a value directory is refused, never written through.
-        for attempt in range(10):
-            try:
-                make_dirs_beneath(self._directory, os.path.dirname(filename))
-                fd = os.open(full_path, _CREATE, 0o600)
-                break
-            except FileNotFoundError:
-                # A concurrent remove() pruned an empty directory between the two calls.
-                if attempt == 9:
-                    raise
-        try:
-            _write_all(fd, data)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(full_path)
-            raise
-        os.close(fd)
-
-    def discard_written(self) -> None:
-        """Remove the file this thread's last `store` wrote: its row never committed."""
-        filename = getattr(self._written, "filename", None)
-        self._written.filename = None
-        if filename is not None:
-            self.remove(filename)
-
-    def committed(self) -> None:
-        self._written.filename = None
-
-    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
-        if mode == MODE_RAW and type(value) is bytes:
-            return value
-        if mode == MODE_BINARY and not read and is_value_file(filename):
-            try:
-                return read_file(beneath(self._directory, filename))
-            except FileNotFoundError:
-                return _Vanished(filename)
-            except NotFollowedError as exc:
-                return PayloadError(f"the value file {filename}: {exc.strerror}")
-        return _FOREIGN
-
-    def remove(self, file_path: Any) -> None:
-        # A tampered row, or a link planted in place of a value directory, must not make a
-        # delete remove a file outside the cache (a link in place of the file itself is
-        # removed, not followed).
-        if not is_value_file(file_path):
-            return
-        try:
-            beneath(self._directory, file_path)
-        except OSError:  # gone already, or a link on the way
-            return
-        super().remove(file_path)
 
 
 def _is_corrupt(exc: BaseException) -> bool:
@@ -252,7 +138,7 @@ class DiskCacheEngine(PersistentEngine):
         )
         self._ttl = self.config.ttl
         self._cache = self._open(settings)
-        self._disk: _PayloadDisk = self._cache.disk
+        self._disk: PayloadDisk = self._cache.disk
         self._folder = f"{self.config.folder_name}\0".encode()
         self._dumps = self.serializer.dumps
         self._loads = self.serializer.loads
@@ -294,7 +180,7 @@ class DiskCacheEngine(PersistentEngine):
         finally:
             probe.close()
         return diskcache.Cache(
-            str(self.directory), timeout=self.BUSY_TIMEOUT, disk=_PayloadDisk, **settings
+            str(self.directory), timeout=self.BUSY_TIMEOUT, disk=PayloadDisk, **settings
         )
 
     def _move_aside(self, database: Path, exc: BaseException) -> None:
@@ -376,13 +262,13 @@ class DiskCacheEngine(PersistentEngine):
         if isinstance(found, PayloadError):
             self.rejected(key, found)
             return MISS
-        if isinstance(found, _Vanished):
+        if isinstance(found, Vanished):
             # A concurrent overwrite, delete or cull removes the file after committing its
             # row: read again. Only a row still naming the missing file is broken.
             again = self._read(key, MISS)
             if type(again) is bytes or again is MISS:
                 return again
-            if not (isinstance(again, _Vanished) and again.filename == found.filename):
+            if not (isinstance(again, Vanished) and again.filename == found.filename):
                 return MISS
             self.rejected(key, PayloadError(f"the value file {found.filename} is missing"))
             return MISS

@@ -7,7 +7,6 @@ import os
 import re
 import secrets
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
@@ -21,20 +20,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from twat_cache.config import REDIS_URL_ENV, CacheConfig
+from twat_cache.engines._redis_breaker import FAILURES_TO_OPEN, breaker_for, server_name
 from twat_cache.engines.base import Capabilities, SerializingEngine
-from twat_cache.exceptions import ConfigurationError, ServerUnavailableError
-from twat_cache.logging import logger
+from twat_cache.exceptions import ConfigurationError
 from twat_cache.serializers import PayloadError
 
-__all__ = ["DEFAULT_REMOTE_MAXSIZE", "URL_ENV", "RedisEngine"]
+__all__ = ["DEFAULT_REMOTE_MAXSIZE", "FAILURES_TO_OPEN", "URL_ENV", "RedisEngine"]
 
 #: The environment variable giving the server when a cache has no `url`.
 URL_ENV = REDIS_URL_ENV
 #: Entries one cache keeps on the server when `maxsize` is not given. A server is shared
 #: and usually sized for many caches, so the default is larger than in-process memory's.
 DEFAULT_REMOTE_MAXSIZE = 100_000
-#: Consecutive failed operations after which the circuit breaker skips the server.
-FAILURES_TO_OPEN = 3
 _SCAN_BATCH = 500
 _SCHEMES = ("redis://", "rediss://", "unix://")
 _GLOB = re.compile(r"([*?\[\]\\])")
@@ -104,77 +101,6 @@ return 0
 """
 
 
-class _Breaker:
-    """The circuit breaker of one server, shared by every cache of the process on it:
-    after `FAILURES_TO_OPEN` consecutive failures the server is skipped for `cooldown`
-    seconds (each call fails at once), then one call at a time probes it again."""
-
-    __slots__ = ("cooldown", "failures", "lock", "open_until", "server")
-
-    def __init__(self, server: str, cooldown: float) -> None:
-        self.server = server
-        self.cooldown = cooldown
-        self.failures = 0
-        self.open_until = 0.0
-        self.lock = threading.Lock()
-
-    def check(self) -> None:
-        """Raise `ServerUnavailableError` while the breaker is open."""
-        until = self.open_until
-        if until:
-            now = time.monotonic()
-            if now < until:
-                raise ServerUnavailableError(
-                    f"{self.server} is skipped for {until - now:.1f}s more after "
-                    f"{self.failures} failed operations"
-                )
-            with self.lock:  # half-open: let one call probe, keep the others out
-                if self.open_until == until:
-                    self.open_until = now + self.cooldown
-
-    def failed(self, exc: BaseException) -> ServerUnavailableError:
-        with self.lock:
-            self.failures += 1
-            opens = self.failures >= FAILURES_TO_OPEN
-            if opens:
-                self.open_until = time.monotonic() + self.cooldown
-        if opens:
-            logger.warning(
-                "redis {} failed {} times ({!r}): skipped for {}s",
-                self.server,
-                self.failures,
-                exc,
-                self.cooldown,
-            )
-        return ServerUnavailableError(f"{self.server}: {type(exc).__name__}: {exc}")
-
-    def succeeded(self) -> None:
-        with self.lock:
-            if self.open_until:
-                logger.info("redis {} answers again: caching resumes", self.server)
-            self.failures = 0
-            self.open_until = 0.0
-
-
-_BREAKERS: dict[tuple[str, float], _Breaker] = {}
-_BREAKERS_LOCK = threading.Lock()
-
-
-def _breaker(server: str, cooldown: float) -> _Breaker:
-    # One breaker per server and cooldown: caches asking for the same cooldown share what
-    # they learn about the server; a cache asking for another one keeps its own.
-    with _BREAKERS_LOCK:
-        breaker = _BREAKERS.get((server, cooldown))
-        if breaker is None:
-            breaker = _BREAKERS[(server, cooldown)] = _Breaker(server, cooldown)
-        return breaker
-
-
-def _server(url: str) -> str:
-    """The URL without credentials, for messages and the breaker registry."""
-    return re.sub(r"//[^@/]*@", "//", url.split("?", 1)[0])
-
-
 def _url_of(config: CacheConfig) -> str | None:
     return config.url or os.environ.get(URL_ENV) or None
 
@@ -222,7 +148,7 @@ class RedisEngine(SerializingEngine):
         if url is None:
             return f"redis needs url='redis://host:port/db' (or ${URL_ENV})"
         if not url.startswith(_SCHEMES):
-            return f"redis serves {', '.join(_SCHEMES)} URLs, not {_server(url)}"
+            return f"redis serves {', '.join(_SCHEMES)} URLs, not {server_name(url)}"
         if config.folder_name is None and config.name is None:
             return "redis needs a folder_name or name to keep this cache's keys apart"
         return super().unsupported(config)
@@ -234,7 +160,7 @@ class RedisEngine(SerializingEngine):
         if url is None:
             raise ConfigurationError(f"the redis engine needs a url or ${URL_ENV}")
         self.url = url
-        self.server = _server(url)
+        self.server = server_name(url)
         cache = config.name or config.folder_name
         version = config.version if config.version is not None else 0
         self._prefix = f"twat_cache:{{{cache}}}:{version}:"
@@ -247,7 +173,7 @@ class RedisEngine(SerializingEngine):
         self._limit = self.maxsize or 0
         self._policy = config.policy
         self._touch = config.policy in ("lru", "lfu")
-        self._breaker = _breaker(self.server, config.cooldown)
+        self._breaker = breaker_for(self.server, config.cooldown)
         self._options: dict[str, Any] = {
             "socket_timeout": config.timeout,
             "socket_connect_timeout": config.timeout,
