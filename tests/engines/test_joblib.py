@@ -21,6 +21,7 @@ import pytest
 
 from twat_cache import MISS, CacheConfig, mcache
 from twat_cache.engines import _joblib_files as joblib_files
+from twat_cache.engines import _joblib_mac as joblib_mac
 from twat_cache.engines.joblib import JoblibEngine
 from twat_cache.exceptions import CacheFaultWarning, SecurityWarning
 from twat_cache.serializers import UnserializableError
@@ -176,7 +177,7 @@ def plain_arrays(np: Any) -> dict[str, Any]:
         "structured, padded": record,
         "strided view": np.arange(100.0)[::3],  # not contiguous: signed from the file
         "transposed view": rng.random((6, 4))[:, ::2].T,
-        "several leaves": rng.random((3 * joblib_files.LEAF) // 8 + 5),
+        "several leaves": rng.random((3 * joblib_mac.LEAF) // 8 + 5),
     }
 
 
@@ -264,7 +265,7 @@ def test_tampered_npy_file_is_a_miss(
 ) -> None:
     np = pytest.importorskip("numpy")
     engine = make(mmap_mode=mmap_mode)
-    engine.set("a", np.arange(2 * joblib_files.LEAF // 8, dtype=np.float64))
+    engine.set("a", np.arange(2 * joblib_mac.LEAF // 8, dtype=np.float64))
     path = only(engine, "*.npy")
     content = bytearray(path.read_bytes())
     content[{"magic": 1, "header": 20, "data": len(content) // 2, "last byte": -1}[where]] ^= 1
@@ -401,13 +402,13 @@ def test_disk_full_while_writing_an_array(
 
     monkeypatch.setattr(np.lib.format, "write_array", write_array)
     with pytest.raises(OSError, match="No space left"):
-        engine.set("a", np.ones(3 * joblib_files.LEAF // 8))
+        engine.set("a", np.ones(3 * joblib_mac.LEAF // 8))
     assert files(engine) == []
     monkeypatch.setattr(np.lib.format, "write_array", lambda *args, **kwargs: 1 / 0)
     with pytest.raises(UnserializableError, match="ZeroDivisionError"):
         engine.set("a", np.ones(10))  # not the disk: the value is reported, not stored
     assert files(engine) == []
-    assert not [t for t in threading.enumerate() if t.name == joblib_files.THREAD_NAME]
+    assert not [t for t in threading.enumerate() if t.name == joblib_mac.THREAD_NAME]
 
 
 def test_engine_works_without_numpy(make: Callable[..., JoblibEngine], tmp_path: Path) -> None:
@@ -472,16 +473,16 @@ def test_file_signature_is_the_same_for_any_number_of_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: int
 ) -> None:
     # Written on a machine with many cores, verified on one with a single core: one MAC.
-    leaf = joblib_files.LEAF
+    leaf = joblib_mac.LEAF
     path = tmp_path / "data"
     path.write_bytes(os.urandom(3 * leaf + extra))
     secret = os.urandom(32)
     macs = set()
     with open(path, "rb") as handle:
         for workers in (1, 2, 3, 4):
-            monkeypatch.setattr(joblib_files, "WORKERS", workers)
+            monkeypatch.setattr(joblib_mac, "WORKERS", workers)
             for size in (0, 1, leaf + extra, 3 * leaf + extra):
-                macs.add((size, joblib_files.file_mac(handle.fileno(), size, secret)))
+                macs.add((size, joblib_mac.file_mac(handle.fileno(), size, secret)))
         assert handle.tell() == 0  # positional reads: joblib.load starts at the beginning
     assert len(macs) == 4  # one per size, whatever the threads
     assert len({mac for _, mac in macs}) == 4
@@ -500,7 +501,7 @@ def test_contiguous_arrays_are_signed_from_memory_when_stored(
         return real_mac(fd, size, secret)
 
     monkeypatch.setattr(joblib_files, "file_mac", file_mac)
-    array = np.arange(3 * joblib_files.LEAF // 8 + 3, dtype=np.float64)
+    array = np.arange(3 * joblib_mac.LEAF // 8 + 3, dtype=np.float64)
     engine.set("c", array)
     engine.set("f", np.asfortranarray(array[:-3].reshape(8, -1)))
     assert reread == []  # the bytes just written were hashed where they were
@@ -516,7 +517,7 @@ def test_signature_from_memory_from_the_file_and_while_reading_agree(
     # Written arrays are signed from memory, read ones while they are read into place:
     # the MAC is the same as the file's, wherever a leaf begins in the pieces.
     leaf = 1024
-    monkeypatch.setattr(joblib_files, "LEAF", leaf)
+    monkeypatch.setattr(joblib_mac, "LEAF", leaf)
     content = os.urandom(5 * leaf + 17)
     path = tmp_path / "data"
     path.write_bytes(content)
@@ -526,16 +527,16 @@ def test_signature_from_memory_from_the_file_and_while_reading_agree(
     with open(path, "rb") as handle:
         fd = handle.fileno()
         for workers in (1, 2, 3):
-            monkeypatch.setattr(joblib_files, "WORKERS", workers)
-            macs.add(joblib_files.file_mac(fd, len(content), secret))
+            monkeypatch.setattr(joblib_mac, "WORKERS", workers)
+            macs.add(joblib_mac.file_mac(fd, len(content), secret))
             for cut in (0, 1, 100, leaf - 1, leaf, 2 * leaf + 5, len(content)):
                 for background in (False, True):
-                    signing = joblib_files.buffer_mac(
+                    signing = joblib_mac.buffer_mac(
                         (view[:cut], view[cut:]), secret, background=background
                     )
                     macs.add(signing())
                 into = (memoryview(bytearray(cut)), memoryview(bytearray(len(content) - cut)))
-                macs.add(joblib_files.read_mac(fd, into, secret))
+                macs.add(joblib_mac.read_mac(fd, into, secret))
                 assert b"".join(into) == content
     assert len(macs) == 1
 

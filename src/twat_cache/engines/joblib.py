@@ -20,7 +20,8 @@ from pydantic import ByteSize
 
 from twat_cache.config import CacheConfig
 from twat_cache.engines import _joblib_files as files
-from twat_cache.engines._joblib_files import HEAD, MAC_SIZE, MAGIC, Listing, Meta
+from twat_cache.engines._joblib_files import HEAD, MAGIC, Listing, Meta
+from twat_cache.engines._joblib_mac import MAC_SIZE, check, file_mac
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
 from twat_cache.paths import atomic_write, cache_root, disk_usage, folder_bytes, set_times
 from twat_cache.serializers import PayloadError, UnserializableError, get_secret, sign, verify
@@ -181,7 +182,7 @@ class JoblibEngine(PersistentEngine):
                 if size != meta.size:
                     raise PayloadError(f"data file has {size} bytes, its record says {meta.size}")
                 if self._secret is not None:
-                    files.check(files.file_mac(handle.fileno(), size, self._secret), meta.mac)
+                    check(file_mac(handle.fileno(), size, self._secret), meta.mac)
                     handle.seek(0)  # where positional reads are missing (Windows), it moved
                 if mmap_mode is not None and not meta.compressed:
                     # Data files are never rewritten in place (a new write gets a new name),
@@ -267,7 +268,7 @@ class JoblibEngine(PersistentEngine):
             size = raw.tell()
             if self._secret is None:
                 return size, b""
-            return size, files.file_mac(raw.fileno(), size, self._secret)
+            return size, file_mac(raw.fileno(), size, self._secret)
 
     # --- removing -----------------------------------------------------------------------
 
