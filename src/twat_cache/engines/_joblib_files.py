@@ -1,4 +1,4 @@
-"""The files of JoblibEngine: entry records, `.npy` data files, listings (signatures: `_joblib_mac`).
+"""The files of JoblibEngine: entry records, `.npy` data files, listings (signing: `_joblib_mac`).
 
 On disk, per entry (`name` = 128-bit BLAKE2b of the key, so no key ever chooses a path):
   <name>.<nonce>.joblib  the value, written by joblib.dump, never modified once in place;
