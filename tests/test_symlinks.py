@@ -616,6 +616,34 @@ def test_joblib_data_file_link_is_rejected(
     assert snapshot(outside) == before
 
 
+def test_joblib_mapped_load_refuses_a_data_file_replaced_after_verification(
+    root: Path, outside: Path, opened: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # joblib maps a file by its path: a link put in place of the data file between its
+    # verification and the mapping must not be mapped. The swap is injected at that exact
+    # point (just after the MAC is taken), which a real race cannot hit reliably.
+    from twat_cache.engines import joblib as joblib_module
+
+    counted = Counted()
+    f = counted.cached(fcache, "mapped", "joblib", opened, mmap_mode="r")
+    made = new_files(root / "mapped", lambda: f(7))
+    (data,) = [p for p in made if p.suffix == ".joblib"]
+    target = copy_out(data, outside)  # the same signed bytes, outside the root
+    before = snapshot(outside)
+    real_mac = joblib_module.file_mac
+
+    def mac_then_swap(fd: int, size: int, secret: bytes) -> bytes:
+        mac = real_mac(fd, size, secret)
+        plant(data, target)
+        return mac
+
+    monkeypatch.setattr(joblib_module, "file_mac", mac_then_swap)
+    with pytest.warns(SecurityWarning, match="replaced while it was verified"):
+        assert f(7) == large(7)
+    assert counted.calls == [7, 7]
+    assert snapshot(outside) == before
+
+
 @pytest.mark.parametrize(
     ("engine_class", "archive", "pattern"),
     [(JoblibEngine, "", "*.sig"), (KleptoEngine, "klepto", "K_*/output.json")],

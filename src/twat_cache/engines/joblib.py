@@ -185,8 +185,11 @@ class JoblibEngine(PersistentEngine):
                     check(file_mac(handle.fileno(), size, self._secret), meta.mac)
                     handle.seek(0)  # where positional reads are missing (Windows), it moved
                 if mmap_mode is not None and not meta.compressed:
-                    # Data files are never rewritten in place (a new write gets a new name),
-                    # so the file mapped by path is the one just verified.
+                    # joblib maps by path. Data files are never rewritten in place (a new
+                    # write gets a new name), so the path names the file just verified,
+                    # unless something was put in its place since: then it is refused.
+                    if not os.path.samestat(os.fstat(handle.fileno()), os.lstat(path)):
+                        raise PayloadError("the data file was replaced while it was verified")
                     return joblib.load(path, mmap_mode=mmap_mode)
                 return joblib.load(handle)
         except (OSError, PayloadError):
