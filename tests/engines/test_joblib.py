@@ -727,11 +727,12 @@ def test_scans_get_rarer_as_the_folder_grows(
     # writes) after a fraction of the entries, not a fixed number of writes, and past a
     # byte bound once per eviction down to EVICT_TO: a scan reads every file's metadata,
     # so rescans at a fixed rate made each write cost more as the folder grew.
-    scans = []
+    scans: list[int] = []  # the number of writes made when each scan happened
+    written = [0]
     real_scan = joblib_files.scan
 
     def counted(directory: Path) -> Any:
-        scans.append(directory)
+        scans.append(written[0])
         return real_scan(directory)
 
     monkeypatch.setattr(joblib_files, "scan", counted)
@@ -740,13 +741,18 @@ def test_scans_get_rarer_as_the_folder_grows(
     scans.clear()
     for i in range(1_000):
         under.set(f"k{i}", i)
-    assert len(scans) <= 60  # every 4 writes would be 250
-    bounded = make(folder_name="bounded", maxsize="400KB")  # about 50 tiny entries
+        written[0] += 1
+    early = sum(1 for at in scans if at < 500)
+    late = len(scans) - early
+    assert late * 2 < early  # every 4 writes: 125 scans in each half
+    assert len(scans) <= 130  # every 4 writes: 250
+    monkeypatch.setattr(JoblibEngine, "RESCAN_WRITES", 64)  # the default
+    bounded = make(folder_name="bounded", maxsize="800KB")  # about 100 tiny entries
     scans.clear()
     for i in range(1_000):
         bounded.set(f"k{i}", i)
-    assert len(scans) <= 250  # a scan on every write past the bound would be ~950
-    assert _blocks(bounded) <= 400_000
+    assert len(scans) <= 250  # a scan on every write past the bound would be ~900
+    assert _blocks(bounded) <= 800_000
 
 
 def test_bound_covers_entries_of_other_instances(make: Callable[..., JoblibEngine]) -> None:

@@ -332,6 +332,34 @@ def test_byte_bound(make: Callable[..., KleptoEngine], use_sql: bool) -> None:
     assert engine.get("huge", MISS) is MISS
 
 
+def test_a_passed_byte_bound_is_trimmed_and_scans_stay_rare(
+    make: Callable[..., KleptoEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each write adds what the entry takes to the estimate; a scan (a stat and a read of
+    # every entry) comes when the estimate passes the bound, which then trims the archive
+    # to EVICT_TO of it, or after a fraction of the entries have been written.
+    from twat_cache.engines._klepto_stores import DirStore
+
+    scans: list[float] = []
+    real_scan = DirStore.scan
+
+    def counted(self: DirStore, now: float, orphan_age: float | None = None) -> Any:
+        scans.append(now)
+        return real_scan(self, now, orphan_age)
+
+    monkeypatch.setattr(DirStore, "scan", counted)
+    engine = make(maxsize="400KB")  # a few dozen small entries, at a block or two each
+    scans.clear()
+    for i in range(500):
+        engine.set(f"k{i}", i)
+        assert engine.get(f"k{i}", MISS) == i
+    assert len(scans) <= 150  # a scan on every write past the bound would be ~450
+    taken = sum(e.size for e in engine._live(time.time()))
+    assert taken <= 400_000
+    engine.set("one more", 1)
+    assert sum(e.size for e in engine._live(time.time())) <= 400_000
+
+
 def test_default_bound_is_a_gibibyte_of_bytes(make: Callable[..., KleptoEngine]) -> None:
     engine = make()
     assert engine.maxsize == 2**30

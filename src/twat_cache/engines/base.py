@@ -391,6 +391,19 @@ class PersistentEngine(SerializingEngine):
 
     #: Bytes kept when `maxsize` is not given: no persistent cache grows without bound.
     DEFAULT_SIZE_LIMIT: ClassVar[int] = 2**30
+    #: For engines that enforce their bound themselves by scanning their folder (joblib,
+    #: klepto): each process counts its own writes as it makes them, and rescans the folder
+    #: for other processes' writes after `RESCAN_WRITES` writes or `RESCAN_FRACTION` of
+    #: the entries, whichever is more, or `RESCAN_SECONDS`. A scan costs one stat per
+    #: file, so its cost per write stays flat as the folder grows; what other processes
+    #: add unseen stays within (processes - 1) x `RESCAN_FRACTION` of the bound.
+    RESCAN_WRITES: ClassVar[int] = 64
+    RESCAN_FRACTION: ClassVar[float] = 1 / 32
+    RESCAN_SECONDS: ClassVar[float] = 30.0
+    #: Past a byte bound, such an engine evicts down to this fraction of it, so that the
+    #: scan eviction needs is paid once per tenth of the bound written, not on every write.
+    #: An entry count is kept exactly (a count is a promise about which entries stay).
+    EVICT_TO: ClassVar[float] = 0.9
 
     @classmethod
     def unsupported(cls, config: CacheConfig) -> str | None:
@@ -490,6 +503,19 @@ class PersistentEngine(SerializingEngine):
         """Drop expired entries, enforce the bound, and remove files left by killed writers;
         the number of entries and files removed."""
         return 0
+
+    def rescan_due(self, writes: int, entries: int, since: float) -> bool:
+        """Whether the folder is due a rescan, `writes` writes and `since` seconds after
+        the last scan, which found `entries` entries."""
+        due = writes >= max(self.RESCAN_WRITES, self.RESCAN_FRACTION * entries)
+        return due or since > self.RESCAN_SECONDS
+
+    def evict_target(self, bound: int) -> int:
+        """What a bound passed is evicted down to: `EVICT_TO` of a byte bound, an entry
+        count exactly."""
+        from pydantic import ByteSize
+
+        return int(bound * self.EVICT_TO) if isinstance(self.maxsize, ByteSize) else bound
 
     @property
     def location(self) -> str:

@@ -64,17 +64,6 @@ class JoblibEngine(PersistentEngine):
     TEMP_MAX_AGE: ClassVar[float] = 3600.0
     #: Seconds a data file without a record may wait for its writer to commit it.
     COMMIT_GRACE: ClassVar[float] = 60.0
-    #: The size accounting is kept up to date by each write, and refreshed from the
-    #: directory (other processes write there too) after `RESCAN_WRITES` writes or one
-    #: `RESCAN_FRACTION` of the entries, whichever is more, or `RESCAN_SECONDS`: a scan
-    #: costs one lstat per file, so its cost per write stays flat as the folder grows.
-    RESCAN_WRITES: ClassVar[int] = 64
-    RESCAN_FRACTION: ClassVar[float] = 0.125
-    RESCAN_SECONDS: ClassVar[float] = 30.0
-    #: Past a byte bound, the folder is evicted down to this fraction of it, so that the
-    #: scan eviction needs is paid once per tenth of the bound written, not on every write.
-    #: An entry count is kept exactly (a count is a promise about which entries stay).
-    EVICT_TO: ClassVar[float] = 0.9
 
     @classmethod
     def unsupported(cls, config: CacheConfig) -> str | None:
@@ -378,9 +367,7 @@ class JoblibEngine(PersistentEngine):
             self._writes += 1
             used = self._bytes if self._by_bytes else self._count
             over = self._bound is not None and used > self._bound
-            stale = self._writes >= max(self.RESCAN_WRITES, self.RESCAN_FRACTION * self._count) or (
-                time.monotonic() - self._scanned_at > self.RESCAN_SECONDS
-            )
+            stale = self.rescan_due(self._writes, self._count, time.monotonic() - self._scanned_at)
         due = over or (stale and (self._bound is not None or self.expires))
         # Over the bound, wait for a scan in another thread; merely due, one scan is enough.
         if due and self._scanning.acquire(blocking=over):
@@ -442,7 +429,7 @@ class JoblibEngine(PersistentEngine):
         count, total = len(weights), sum(weights.values()) + loose
         bound = self._bound
         if bound is not None and (total if self._by_bytes else count) > bound:
-            target = int(bound * self.EVICT_TO) if self._by_bytes else bound
+            target = self.evict_target(bound)
             order = self._eviction_order(listing)
             if keep in weights:
                 order.remove(keep)

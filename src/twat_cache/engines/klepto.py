@@ -24,7 +24,6 @@ __all__ = ["KleptoEngine"]
 # Signed prefix of every payload body: expiry (0.0 = never) and the entry's own key, so a
 # valid entry copied under another key's name, or with its expiry edited, never verifies.
 _HEAD = struct.Struct("!dI")
-_SCAN_WRITES = 32  # byte bounds: a full rescan after this many writes or a second
 _EXPIRED = object()
 
 
@@ -33,10 +32,12 @@ class KleptoEngine(PersistentEngine):
     file (`use_sql=True`), shared by every process using the same folder.
 
     Entries are stored under a BLAKE2b of their key (klepto's own keymaps hash differently
-    in every process), as JSON records holding a signed payload. Bounds (entries or bytes)
-    are enforced after each write: expired entries go first, then the least recently used
-    (`lru`, access times shared by processes), oldest stored (`fifo`), soonest to expire
-    (`ttl`) or random (`rr`). `lfu` is refused. Non-str keys are turned into stable digests.
+    in every process), as JSON records holding a signed payload. Bounds (entries or bytes:
+    the dir archive's blocks on disk, the SQL archive's record lengths) are enforced after
+    each write: expired entries go first, then the least recently used (`lru`, access times
+    shared by processes), oldest stored (`fifo`), soonest to expire (`ttl`) or random
+    (`rr`), down to `EVICT_TO` of a byte bound. `lfu` is refused. Non-str keys are turned
+    into stable digests.
     """
 
     name = "klepto"
@@ -61,6 +62,7 @@ class KleptoEngine(PersistentEngine):
         self._bytes = isinstance(self.maxsize, ByteSize)
         self._writes_since_scan = 0
         self._scanned_at = 0.0
+        self._entries = 0  # found by the last scan
         self._estimate = 0
         try:  # remove expired entries and what killed writers left; best effort
             if sweep:
@@ -123,9 +125,13 @@ class KleptoEngine(PersistentEngine):
             if self._bytes and bound is not None and len(encoded) > bound:
                 self._store.remove(name)  # it could never fit: keep nothing stale either
                 return
+            taken = self._store.write(name, [expires, encoded])
+            if self._bytes and bound is not None and taken > bound:
+                self._store.remove(name)  # its blocks alone exceed the bound
+                return
             # An overwrite is counted again: an estimate on the safe side, which the next
             # scan corrects.
-            self._estimate += self._store.write(name, [expires, encoded])
+            self._estimate += taken
             self._writes_since_scan += 1
             self._enforce(name)
 
@@ -137,17 +143,19 @@ class KleptoEngine(PersistentEngine):
             if bound is None:
                 return 0
             if self._bytes:  # an estimate between full scans, which see other processes too
-                due = self._writes_since_scan >= _SCAN_WRITES or now - self._scanned_at > 1.0
+                since = now - self._scanned_at
+                due = self.rescan_due(self._writes_since_scan, self._entries, since)
                 if not due and self._estimate <= bound:
                     return 0
             elif self._store.count() <= bound:
                 return 0
         live, removed = self._scan_live(now, sweep=True)
-        self._writes_since_scan, self._scanned_at = 0, now
+        self._writes_since_scan, self._scanned_at, self._entries = 0, now, len(live)
         self._estimate = sum(e.size for e in live)
         excess = (self._estimate if self._bytes else len(live)) - (bound or 0)
         if bound is None or excess <= 0:
             return removed
+        excess += (bound or 0) - self.evict_target(bound or 0)
         for victim in self._victims([e for e in live if e.name != written]):
             self._store.remove(victim.name)
             self._estimate -= victim.size
