@@ -698,18 +698,22 @@ def test_a_byte_bound_counts_the_blocks_files_take(make: Callable[..., JoblibEng
     assert engine.exists("k199")
 
 
-def test_past_a_byte_bound_the_folder_is_trimmed_to_evict_to(
+def test_past_a_byte_bound_each_write_evicts_about_what_it_adds(
     make: Callable[..., JoblibEngine],
 ) -> None:
-    engine = make(maxsize="200KB")
-    written = 0
-    while _blocks(engine) + 45_000 <= 200_000:  # fill up to just under the bound
-        engine.set(f"k{written}", os.urandom(40_000))
-        written += 1
-    engine.set("over", os.urandom(40_000))
-    assert _blocks(engine) <= JoblibEngine.EVICT_TO * 200_000
-    assert engine.exists("over")
-    assert not engine.exists("k0")
+    # The folder stays full: a write past the bound evicts the oldest entries it displaces,
+    # taken from the queue the last scan filled, never a batch beyond them.
+    engine = make(maxsize="200KB", policy="fifo")
+    for i in range(8):
+        engine.set(f"k{i}", os.urandom(40_000))
+    held = len(files(engine, "*.sig"))
+    assert held >= 3
+    for i in range(8, 40):
+        engine.set(f"k{i}", os.urandom(40_000))
+        assert _blocks(engine) <= 200_000
+        assert len(files(engine, "*.sig")) >= held - 1
+        assert engine.exists(f"k{i}")
+        assert not engine.exists(f"k{i - held}")  # oldest first
 
 
 def test_an_entry_count_is_kept_exactly(make: Callable[..., JoblibEngine]) -> None:
@@ -724,9 +728,9 @@ def test_scans_get_rarer_as_the_folder_grows(
     make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The accounting follows each write; the directory is rescanned (for other processes'
-    # writes) after a fraction of the entries, not a fixed number of writes, and past a
-    # byte bound once per eviction down to EVICT_TO: a scan reads every file's metadata,
-    # so rescans at a fixed rate made each write cost more as the folder grew.
+    # writes) after a fraction of the entries, not a fixed number of writes, and past the
+    # bound once per queue of victims (a tenth of the bound): a scan reads every file's
+    # metadata, so rescans at a fixed rate made each write cost more as the folder grew.
     scans: list[int] = []  # the number of writes made when each scan happened
     written = [0]
     real_scan = joblib_files.scan

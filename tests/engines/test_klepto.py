@@ -332,12 +332,13 @@ def test_byte_bound(make: Callable[..., KleptoEngine], use_sql: bool) -> None:
     assert engine.get("huge", MISS) is MISS
 
 
-def test_a_passed_byte_bound_is_trimmed_and_scans_stay_rare(
+def test_past_a_byte_bound_scans_stay_rare(
     make: Callable[..., KleptoEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Each write adds what the entry takes to the estimate; a scan (a stat and a read of
-    # every entry) comes when the estimate passes the bound, which then trims the archive
-    # to EVICT_TO of it, or after a fraction of the entries have been written.
+    # Each write adds what the entry takes to the estimate; past the bound it evicts from
+    # the queue of victims the last scan filled (a tenth of the bound deep), and a scan (a
+    # stat and a read of every entry) comes only when that queue runs out, or after a
+    # fraction of the entries have been written.
     from twat_cache.engines._klepto_stores import DirStore
 
     scans: list[float] = []

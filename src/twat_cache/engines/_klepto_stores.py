@@ -187,6 +187,13 @@ class DirStore:
         except FileNotFoundError:
             return []
 
+    def stamp(self, name: str) -> float | None:
+        """The entry's `Entry.time` as it is now (its file's mtime); None if it is gone."""
+        try:
+            return os.lstat(self._file(name)).st_mtime
+        except (FileNotFoundError, NotFollowedError):
+            return None
+
     def count(self) -> int:
         names = (e.name for e in self._listing() if e.name.startswith(_ENTRY_PREFIX))
         return sum(1 for name in names if NAME.fullmatch(name[2:]))
@@ -360,6 +367,12 @@ class SqlStore:
             return None
         numbers = all(isinstance(v, int | float) for v in row[1:])
         return row if numbers and (row[0] is None or isinstance(row[0], int | float)) else None
+
+    def stamp(self, name: str) -> float | None:
+        """The entry's `Entry.time` as it is now (its meta row's; access times not yet
+        flushed are not in it); None if it is gone."""
+        row = self._meta(self._tables()[1].get(name))
+        return None if row is None else float(row[1])
 
     def count(self) -> int:
         return len(set(self._tables()[1]))

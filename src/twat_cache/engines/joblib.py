@@ -22,7 +22,7 @@ from twat_cache.config import CacheConfig
 from twat_cache.engines import _joblib_files as files
 from twat_cache.engines._joblib_files import HEAD, MAGIC, Listing, Meta
 from twat_cache.engines._joblib_mac import MAC_SIZE, check, file_mac
-from twat_cache.engines.base import PersistentEngine, persistent_capabilities
+from twat_cache.engines.base import EvictionQueue, PersistentEngine, persistent_capabilities
 from twat_cache.paths import atomic_write, cache_root, disk_usage, folder_bytes, set_times
 from twat_cache.serializers import PayloadError, UnserializableError, get_secret, sign, verify
 
@@ -43,12 +43,13 @@ class JoblibEngine(PersistentEngine):
     `.npy` array read into memory is handed out. `maxsize` is an entry count or a byte size
     (default 1 GiB) of disk usage (the blocks files take, not their lengths), enforced after
     each write by evicting least recently used entries (or oldest first for 'fifo', nearest
-    expiry for 'ttl', at random for 'rr'), down to `EVICT_TO` of a byte bound; entries
-    expire by stored time. `mmap_mode` maps arrays after their file is verified; it has no effect
-    on compressed entries (joblib cannot map them: they load into memory, as with joblib
-    itself) nor on empty `.npy` arrays, and 'r+' is refused with `secure=True` (it would
-    write into signed files). Keys that are not `str` are turned into stable digests.
-    `prune()` removes what killed writers left behind.
+    expiry for 'ttl', at random for 'rr'), from a queue of the next victims a scan of the
+    folder fills (`QUEUE_FRACTION`); entries expire by stored time. `mmap_mode` maps arrays
+    after their file is verified; it has no effect on compressed entries (joblib cannot map
+    them: they load into memory, as with joblib itself) nor on empty `.npy` arrays, and
+    'r+' is refused with `secure=True` (it would write into signed files). Keys that are
+    not `str` are turned into stable digests. `prune()` removes what killed writers left
+    behind.
 
     >>> engine = JoblibEngine(CacheConfig(folder_name="doctest-joblib", maxsize="10MB"))
     >>> engine.set("answer", {"value": 42})
@@ -86,6 +87,8 @@ class JoblibEngine(PersistentEngine):
         self._by_bytes = isinstance(bound, ByteSize)
         self._lock = threading.Lock()
         self._scanning = threading.Lock()
+        self._evicting = threading.RLock()
+        self._queue = EvictionQueue(self._by_bytes)
         self._count = self._bytes = self._writes = 0
         self._scanned_at = 0.0
         if sweep:
@@ -365,9 +368,8 @@ class JoblibEngine(PersistentEngine):
             self._count += added
             self._bytes += grown
             self._writes += 1
-            used = self._bytes if self._by_bytes else self._count
-            over = self._bound is not None and used > self._bound
             stale = self.rescan_due(self._writes, self._count, time.monotonic() - self._scanned_at)
+        over = self._evict_queued() > 0
         due = over or (stale and (self._bound is not None or self.expires))
         # Over the bound, wait for a scan in another thread; merely due, one scan is enough.
         if due and self._scanning.acquire(blocking=over):
@@ -378,6 +380,33 @@ class JoblibEngine(PersistentEngine):
 
     def _scan(self) -> Listing:
         return files.scan(self.directory)
+
+    def _excess(self) -> int:
+        """Bytes or entries past the bound, by the accounting (0 when within it)."""
+        if self._bound is None:
+            return 0
+        return max(0, (self._bytes if self._by_bytes else self._count) - self._bound)
+
+    def _evict_queued(self) -> int:
+        """Evict from the queue the last scan filled until the folder is within its bound;
+        returns what is still past it (the queue ran out)."""
+        with self._evicting:
+            excess = self._excess()
+            if excess:
+                freed, entries = self._queue.evict(excess, self._unchanged, self._claim)
+                with self._lock:
+                    self._bytes -= freed
+                    self._count -= entries
+                excess = self._excess()
+            return excess
+
+    def _unchanged(self, name: str, stamp: int) -> bool | None:
+        """Whether entry `name`'s record is the one a scan saw (`stamp`: its mtime): not
+        used (lru) or written again since; None if it is gone."""
+        try:
+            return os.lstat(self.directory / f"{name}.sig").st_mtime_ns == stamp
+        except FileNotFoundError:
+            return None
 
     def _remove_orphans(self, listing: Listing, now: float) -> int:
         removed = 0
@@ -428,23 +457,26 @@ class JoblibEngine(PersistentEngine):
         )
         count, total = len(weights), sum(weights.values()) + loose
         bound = self._bound
-        if bound is not None and (total if self._by_bytes else count) > bound:
-            target = self.evict_target(bound)
+        with self._evicting:
+            with self._lock:
+                self._count, self._bytes, self._writes = count, total, 0
+                self._scanned_at = time.monotonic()
+            excess = self._excess()
+            if not excess:
+                self._queue.clear()
+                return removed
             order = self._eviction_order(listing)
-            if keep in weights:
+            if keep in weights:  # the entry just written goes last, whatever the policy
                 order.remove(keep)
                 order.append(keep)
-            for name in order:
-                if (total if self._by_bytes else count) <= target:
-                    break
-                self._claim(name)
-                count -= 1
-                total -= weights[name]
-                removed += 1
-        with self._lock:
-            self._count, self._bytes, self._writes = count, total, 0
-            self._scanned_at = time.monotonic()
-        return removed
+            records = listing.records
+            self._queue.refill(
+                ((name, records[name].st_mtime_ns, weights[name]) for name in order),
+                self.queue_depth(bound or 0, excess),
+            )
+            before = self._count
+            self._evict_queued()
+            return removed + before - self._count
 
     def _eviction_order(self, listing: Listing) -> list[str]:
         names = list(listing.records)

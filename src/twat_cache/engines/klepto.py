@@ -15,7 +15,7 @@ from pydantic import ByteSize
 
 from twat_cache.config import CacheConfig
 from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore
-from twat_cache.engines.base import PersistentEngine, persistent_capabilities
+from twat_cache.engines.base import EvictionQueue, PersistentEngine, persistent_capabilities
 from twat_cache.paths import folder_bytes
 from twat_cache.serializers import PayloadError
 
@@ -36,7 +36,7 @@ class KleptoEngine(PersistentEngine):
     the dir archive's blocks on disk, the SQL archive's record lengths) are enforced after
     each write: expired entries go first, then the least recently used (`lru`, access times
     shared by processes), oldest stored (`fifo`), soonest to expire (`ttl`) or random
-    (`rr`), down to `EVICT_TO` of a byte bound. `lfu` is refused. Non-str keys are turned
+    (`rr`), from a queue of the next victims a scan fills. `lfu` is refused. Non-str keys are turned
     into stable digests.
     """
 
@@ -63,6 +63,7 @@ class KleptoEngine(PersistentEngine):
         self._writes_since_scan = 0
         self._scanned_at = 0.0
         self._entries = 0  # found by the last scan
+        self._queue = EvictionQueue(self._bytes)
         self._estimate = 0
         try:  # remove expired entries and what killed writers left; best effort
             if sweep:
@@ -139,31 +140,49 @@ class KleptoEngine(PersistentEngine):
         """Keep the bound after writing `written` (never evicted); None: a full sweep.
         Returns the number of entries and leftovers removed."""
         bound, now = self.maxsize, time.time()
+        removed = 0
         if written is not None:
             if bound is None:
                 return 0
             if self._bytes:  # an estimate between full scans, which see other processes too
+                removed = self._evict_queued(self._estimate - bound, written)
                 since = now - self._scanned_at
                 due = self.rescan_due(self._writes_since_scan, self._entries, since)
                 if not due and self._estimate <= bound:
-                    return 0
-            elif self._store.count() <= bound:
-                return 0
-        live, removed = self._scan_live(now, sweep=True)
+                    return removed
+            else:
+                count = self._store.count()
+                if count > bound:
+                    removed = self._evict_queued(count - bound, written)
+                if count - removed <= bound:
+                    return removed
+        live, swept = self._scan_live(now, sweep=True)
+        removed += swept
         self._writes_since_scan, self._scanned_at, self._entries = 0, now, len(live)
         self._estimate = sum(e.size for e in live)
         excess = (self._estimate if self._bytes else len(live)) - (bound or 0)
         if bound is None or excess <= 0:
+            self._queue.clear()
             return removed
-        excess += (bound or 0) - self.evict_target(bound or 0)
-        for victim in self._victims([e for e in live if e.name != written]):
-            self._store.remove(victim.name)
-            self._estimate -= victim.size
-            removed += 1
-            excess -= victim.size if self._bytes else 1
-            if excess <= 0:
-                break
-        return removed
+        victims = self._victims([e for e in live if e.name != written])
+        self._queue.refill(
+            ((e.name, e.time, e.size) for e in victims), self.queue_depth(bound, excess)
+        )
+        return removed + self._evict_queued(excess, written)
+
+    def _evict_queued(self, excess: float, written: str | None) -> int:
+        """Evict from the queue the last scan filled until `excess` (bytes or entries past
+        the bound) is paid, never `written`; the entries evicted (or found gone)."""
+        if excess <= 0:
+            return 0
+
+        def current(name: str, stamp: float) -> bool | None:
+            now = self._store.stamp(name)
+            return None if now is None else (name != written and now == stamp)
+
+        freed, entries = self._queue.evict(int(excess), current, self._store.remove)
+        self._estimate -= freed
+        return entries
 
     def _live(self, now: float) -> list[Entry]:
         return self._scan_live(now, sweep=True)[0]
