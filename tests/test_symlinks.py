@@ -427,27 +427,42 @@ def test_diskcache_refuses_a_linked_database(
     assert Path(f"{database}{part}").is_symlink()  # left for the user to remove
 
 
-@pytest.mark.parametrize("policy", ["fifo", "lru"])  # hits read by one SELECT; by diskcache's get
-def test_diskcache_value_file_link_is_rejected_and_recomputed(
-    root: Path, outside: Path, opened: list[Any], policy: str
+@pytest.mark.parametrize(
+    ("decorator", "engine", "options", "suffix"),
+    [
+        # diskcache hits are read by one SELECT (fifo) or by diskcache's get (lru)
+        pytest.param(bcache, "diskcache", {"policy": "fifo"}, ".val", id="diskcache-value-fifo"),
+        pytest.param(bcache, "diskcache", {"policy": "lru"}, ".val", id="diskcache-value-lru"),
+        pytest.param(fcache, "joblib", {}, ".sig", id="joblib-record"),
+        pytest.param(bcache, "klepto", {}, ".json", id="klepto-entry-file"),
+    ],
+)
+def test_an_entry_file_link_is_rejected_and_replaced(
+    root: Path,
+    outside: Path,
+    opened: list[Any],
+    decorator: Callable[..., Any],
+    engine: str,
+    options: dict[str, Any],
+    suffix: str,
 ) -> None:
     counted = Counted()
-    f = counted.cached(bcache, "values", "diskcache", opened, policy=policy)
-    made = new_files(root / "values", lambda: f(7))
-    (value_file,) = [p for p in made if p.suffix == ".val"]
+    f = counted.cached(decorator, "entries", engine, opened, **options)
+    made = new_files(root / "entries", lambda: f(7))
+    (entry,) = [p for p in made if p.suffix == suffix]
     f.cache_engine.close()
-    target = copy_out(value_file, outside)  # a valid value of this very entry
-    plant(value_file, target)
+    target = copy_out(entry, outside)  # a valid copy of this very entry's file
+    plant(entry, target)
     before = snapshot(outside)
 
-    f = counted.cached(bcache, "values", "diskcache", opened, policy=policy)
+    f = counted.cached(decorator, "entries", engine, opened, **options)
     with pytest.warns(SecurityWarning, match="not followed"):
         assert f(7) == large(7)
     assert counted.calls == [7, 7]
     assert snapshot(outside) == before
-    assert not value_file.is_symlink()  # removed with the rejected entry, not its target
-    # Stored again in a real file, and served from it.
-    (stored,) = [p for p in files_under(root / "values") if p.suffix == ".val"]
+    assert not entry.is_symlink()  # removed with the rejected entry, never its target
+    # Stored again in a regular file, and served from it.
+    (stored,) = [p for p in files_under(root / "entries") if p.suffix == suffix]
     assert stat.S_ISREG(stored.lstat().st_mode)
     assert f(7) == large(7)
     assert counted.calls == [7, 7]
@@ -538,30 +553,6 @@ def test_diskcache_linked_value_dir_writes_nothing_outside(
 
 
 # --- 3. joblib -------------------------------------------------------------------------------
-
-
-def test_joblib_record_link_is_rejected_link_removed(
-    root: Path, outside: Path, opened: list[Any]
-) -> None:
-    counted = Counted()
-    f = counted.cached(fcache, "records", "joblib", opened)
-    made = new_files(root / "records", lambda: f(7))
-    (record,) = [p for p in made if p.suffix == ".sig"]
-    f.cache_engine.close()
-    target = copy_out(record, outside)  # a valid record, naming a data file still there
-    plant(record, target)
-    before = snapshot(outside)
-
-    f = counted.cached(fcache, "records", "joblib", opened)
-    with pytest.warns(SecurityWarning, match="not followed"):
-        assert f(7) == large(7)
-    assert counted.calls == [7, 7]
-    assert snapshot(outside) == before
-    assert not record.is_symlink()  # the link was removed (and a new record written)
-    assert stat.S_ISREG(record.lstat().st_mode)
-    assert f(7) == large(7)
-    assert counted.calls == [7, 7]
-    assert snapshot(outside) == before
 
 
 def test_joblib_record_link_planted_before_the_entry_is_stored(
@@ -811,26 +802,6 @@ def test_klepto_entry_dir_link_target_survives(
         assert f(7) == large(7)
         assert counted.calls == [7]
     assert sorted(p.name for p in target.iterdir()) == listing
-    assert snapshot(outside) == before
-
-
-def test_klepto_entry_file_link_is_rejected(root: Path, outside: Path, opened: list[Any]) -> None:
-    counted = Counted()
-    f = counted.cached(bcache, "entry-file", "klepto", opened)
-    (entry_file,) = new_files(root / "entry-file", lambda: f(7))
-    f.cache_engine.close()
-    target = copy_out(entry_file, outside)  # the valid entry for 7
-    plant(entry_file, target)
-    before = snapshot(outside)
-
-    f = counted.cached(bcache, "entry-file", "klepto", opened)
-    with pytest.warns(SecurityWarning, match="not followed"):
-        assert f(7) == large(7)
-    assert counted.calls == [7, 7]
-    assert snapshot(outside) == before
-    assert stat.S_ISREG(entry_file.lstat().st_mode)
-    assert f(7) == large(7)
-    assert counted.calls == [7, 7]
     assert snapshot(outside) == before
 
 
