@@ -11,6 +11,7 @@ from twat_cache.config import DEFAULT_MAXSIZE, CacheConfig
 from twat_cache.exceptions import ConfigurationError, SecurityWarning
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
     from typing_extensions import Self
@@ -398,7 +399,7 @@ class EvictionQueue:
         self.by_bytes = by_bytes
         self._items: deque[tuple[str, Any, int]] = deque()
 
-    def refill(self, ordered: Any, depth: int) -> None:
+    def refill(self, ordered: Iterable[tuple[str, Any, int]], depth: int) -> None:
         """Queue victims from `ordered` ((name, stamp, bytes), first to go first) until
         they add up to `depth` (bytes or entries)."""
         self._items.clear()
@@ -412,7 +413,12 @@ class EvictionQueue:
     def clear(self) -> None:
         self._items.clear()
 
-    def evict(self, excess: int, current: Any, remove: Any) -> tuple[int, int]:
+    def evict(
+        self,
+        excess: int,
+        current: Callable[[str, Any], bool | None],
+        remove: Callable[[str], object],
+    ) -> tuple[int, int]:
         """Evict queued victims until they cover `excess` (bytes or entries past the bound).
         `current(name, stamp)`: True if the victim is unchanged (it is removed), False if it
         was used or written again since (it stays), None if it is gone already (it no
