@@ -20,9 +20,10 @@ from pydantic import ByteSize
 
 from twat_cache.config import CacheConfig
 from twat_cache.engines import _joblib_files as files
+from twat_cache.engines._evictions import EvictionQueue
 from twat_cache.engines._joblib_files import HEAD, MAGIC, Listing, Meta
 from twat_cache.engines._joblib_mac import MAC_SIZE, check, file_mac
-from twat_cache.engines.base import EvictionQueue, PersistentEngine, persistent_capabilities
+from twat_cache.engines.base import PersistentEngine, persistent_capabilities
 from twat_cache.paths import atomic_write, cache_root, disk_usage, folder_bytes, set_times
 from twat_cache.serializers import PayloadError, UnserializableError, get_secret, sign, verify
 

@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 from pydantic import ByteSize
 
 from twat_cache.config import CacheConfig
+from twat_cache.engines._evictions import EvictionQueue
 from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore
-from twat_cache.engines.base import EvictionQueue, PersistentEngine, persistent_capabilities
+from twat_cache.engines.base import PersistentEngine, persistent_capabilities
 from twat_cache.paths import folder_bytes
 from twat_cache.serializers import PayloadError
 
