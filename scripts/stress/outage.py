@@ -4,8 +4,8 @@ refuses connections, accepts them and never answers (a blackhole), or is killed 
 again mid-run. Every call must return the right result; the added latency stays bounded
 (p99 within twice the operation timeout, within 1 ms while the breaker is open); and once
 the server is back, caching resumes by itself. While the server refuses, 64 threads and 64
-tasks on one cold key must still run the function once (stampede protection holds during
-an outage).
+tasks calling one cold key at once must still run the function once (stampede protection
+holds during an outage).
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ from stress.servers import Blackhole, RedisServer, free_port, private_server, re
 
 NAME = "outage"
 KEYS = 50
-WORK = 0.05  # seconds the function takes in the stampede: the window the callers pile into
+# In the stampede, the first execution waits until every caller has called, then this long
+# for the last ones to reach the wrapper: with the store down nothing holds the value, so a
+# caller arriving after the computation ended runs the function again (a new computation,
+# not a failed protection; with a working store it would read the stored value).
+SETTLE = 0.2
 
 
 @dataclass
@@ -153,16 +157,25 @@ def _stampede_while_refused(url: str, workers: int, rounds: int) -> Counter[str]
 
     lock = threading.Lock()
     executions: Counter[tuple[str, int]] = Counter()
+    arrived = threading.Semaphore(0)
+    called = [0]  # tasks of one loop: a plain counter
 
     def slow(key: int) -> int:
         with lock:
             executions[("threads", key)] += 1
-        time.sleep(WORK)
+            first = executions[("threads", key)] == 1
+        if first:
+            for _ in range(workers):
+                arrived.acquire(timeout=30)
+        time.sleep(SETTLE)
         return key
 
     async def aslow(key: int) -> int:
         executions[("tasks", key)] += 1
-        await asyncio.sleep(WORK)
+        if executions[("tasks", key)] == 1:
+            while called[0] < workers:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(SETTLE)
         return key
 
     f = ucache(url=url, folder_name="outage-stampede")(slow)
@@ -176,6 +189,7 @@ def _stampede_while_refused(url: str, workers: int, rounds: int) -> Counter[str]
             key: int = key, barrier: threading.Barrier = barrier, results: list[Any] = results
         ) -> None:
             barrier.wait()
+            arrived.release()
             results.append(f(key))
 
         threads = [threading.Thread(target=run, daemon=True) for _ in range(workers)]
@@ -186,8 +200,13 @@ def _stampede_while_refused(url: str, workers: int, rounds: int) -> Counter[str]
         if executions[("threads", key)] != 1 or results != [key] * workers:
             bad["threads"] += 1
 
+        async def call(key: int) -> Any:
+            called[0] += 1
+            return await af(key)
+
         async def gather(key: int = key) -> list[Any]:
-            return await asyncio.gather(*(af(key) for _ in range(workers)))
+            called[0] = 0
+            return await asyncio.gather(*(call(key) for _ in range(workers)))
 
         if asyncio.run(gather()) != [key] * workers or executions[("tasks", key)] != 1:
             bad["tasks"] += 1
