@@ -4,24 +4,66 @@
 temporary directory, without persistence (``--save "" --appendonly no``); it can be stopped,
 killed and started again on the same port (outage scenarios). Nothing here is used by the
 cache itself.
+
+A run killed with SIGTERM (a CI time limit, `kill`) would leave its servers running,
+orphaned: while the process that started them has SIGTERM at its default action, the first
+start installs a handler that kills them before the process dies of the signal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 __all__ = ["RedisServer", "private_server"]
 
 STARTUP_TIMEOUT = 10.0  # seconds for a started server to answer PING
+
+
+# The servers this process runs (a forked child inherits the set, and must not kill them).
+_RUNNING: weakref.WeakSet[RedisServer] = weakref.WeakSet()
+_handler_installed = False
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    for server in list(_RUNNING):
+        if server.owner == os.getpid():
+            server.kill()
+            shutil.rmtree(server.directory, ignore_errors=True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)  # die of the signal, as without the handler
+
+
+def _kill_on_sigterm() -> None:
+    """Install `_on_sigterm`, once, if SIGTERM has its default action (a handler of the
+    application's own is left alone) and this is the main thread (the only one that may)."""
+    global _handler_installed
+    if _handler_installed or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        _handler_installed = True
+        os.register_at_fork(after_in_child=_default_in_child)
+
+
+def _default_in_child() -> None:
+    # A forked child owns no server: SIGTERM kills it at once, as if nothing had been
+    # installed (a Python handler would wait for a blocking C call to return).
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        with contextlib.suppress(ValueError):  # forked from a thread that is not the main one
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _free_port() -> int:
@@ -50,6 +92,7 @@ class RedisServer:
         self.port = port or _free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="twat-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
+        self.owner = os.getpid()  # the process that starts and stops it
 
     @property
     def url(self) -> str:
@@ -71,6 +114,8 @@ class RedisServer:
         """Start the server (again) on its port and wait until it answers PING."""
         if self.running:
             return
+        _kill_on_sigterm()
+        self.owner = os.getpid()
         log = (self.directory / "redis.log").open("ab")
         with log:
             self.process = subprocess.Popen(
@@ -89,6 +134,7 @@ class RedisServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
+        _RUNNING.add(self)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
