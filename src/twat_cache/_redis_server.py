@@ -34,7 +34,6 @@ STARTUP_TIMEOUT = 10.0  # seconds for a started server to answer PING
 
 # The servers this process runs (a forked child inherits the set, and must not kill them).
 _RUNNING: weakref.WeakSet[RedisServer] = weakref.WeakSet()
-_handler_installed = False
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -47,14 +46,13 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _kill_on_sigterm() -> None:
-    """Install `_on_sigterm`, once, if SIGTERM has its default action (a handler of the
-    application's own is left alone) and this is the main thread (the only one that may)."""
-    global _handler_installed
-    if _handler_installed or threading.current_thread() is not threading.main_thread():
+    """Install `_on_sigterm` if SIGTERM has its default action (a handler of the
+    application's own, or ours already, is left alone) and this is the main thread (the only
+    one that may)."""
+    if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
-        _handler_installed = True
         os.register_at_fork(after_in_child=_default_in_child)
 
 
