@@ -37,8 +37,8 @@ class KleptoEngine(PersistentEngine):
     the dir archive's blocks on disk, the SQL archive's record lengths) are enforced after
     each write: expired entries go first, then the least recently used (`lru`, access times
     shared by processes), oldest stored (`fifo`), soonest to expire (`ttl`) or random
-    (`rr`), from a queue of the next victims a scan fills. `lfu` is refused. Non-str keys are turned
-    into stable digests.
+    (`rr`), from a queue of the next victims a scan fills. `lfu` is refused. Non-str keys
+    are turned into stable digests.
     """
 
     name = "klepto"
