@@ -857,12 +857,30 @@ def test_objects_with_default_repr_are_keyed_by_content() -> None:
     assert stable_digest("ns", (Plain(a=1),)) != stable_digest("ns", (Box(1),))
 
 
-def test_lambdas_and_local_functions_raise_naming_the_argument() -> None:
-    def local(x: int) -> int:
-        return x
+def _scaler(k: Any) -> Any:
+    def scale(x: int) -> int:
+        return x * k
 
-    with pytest.raises(KeyBuildError, match="callback"):
-        stable_digest("ns", (1, lambda: 0), names=("x", "callback"))
+    return scale
+
+
+def test_lambdas_and_local_functions_are_keyed_by_their_code_and_captured_values() -> None:
+    # No global name, so they are keyed by what they compute, the same in every process.
+    assert stable_digest("ns", (lambda: 0,)) == stable_digest("ns", (lambda: 0,))
+    assert stable_digest("ns", (lambda: 0,)) != stable_digest("ns", (lambda: 1,))
+    assert stable_digest("ns", (_scaler(2),)) == stable_digest("ns", (_scaler(2),))
+    assert stable_digest("ns", (_scaler(2),)) != stable_digest("ns", (_scaler(3),))
+    assert stable_digest("ns", ([module_function, _scaler(2)],)) != stable_digest(
+        "ns", ([module_function, _scaler(3)],)
+    )
+
+
+def test_local_functions_capturing_unencodable_values_raise_naming_the_argument() -> None:
+    pending = (i for i in range(3))  # a generator: no stable encoding
+
+    def local(x: int) -> int:
+        return x + next(pending)
+
     with pytest.raises(KeyBuildError, match="transform"):
         stable_digest("ns", (local,), names=("transform",))
     with pytest.raises(KeyBuildError, match="on_done"):
@@ -909,7 +927,7 @@ def test_stable_digest_of_a_very_large_int() -> None:
 
 def test_digest_format_and_namespaces() -> None:
     digest = stable_digest("pkg.mod.func", (1, "a"), {"k": [1]})
-    assert re.fullmatch(r"pkg\.mod\.func:k1:[0-9a-f]{40}", digest)
+    assert re.fullmatch(r"pkg\.mod\.func:k2:[0-9a-f]{40}", digest)
     assert stable_digest("pkg.mod.other", (1, "a"), {"k": [1]}) != digest
     assert stable_digest("pkg.mod.func", (1, "a"), {"k": [1]}) == digest
     assert stable_digest("pkg.mod.func", (1, "a")) != digest

@@ -347,13 +347,20 @@ NASTY = [
 
 def test_default_folder_is_pinned() -> None:
     # Changing this value orphans every cache users already have on disk: do it on purpose.
-    assert default_folder("app.models", "User.load") == "app.models.User.load-9a2bab63"
+    assert default_folder("app.models.User.load", "app.models:User.load") == (
+        "app.models.User.load-9a2bab63"
+    )
+
+
+def _folder(module: str, qualname: str) -> str:
+    # What `identity.folder_names` gives a function of an imported module.
+    return default_folder(f"{module}.{qualname}", f"{module}:{qualname}")
 
 
 @pytest.mark.parametrize(("module", "qualname"), NASTY)
 def test_default_folder_is_one_safe_component(fresh_root: Path, module: str, qualname: str) -> None:
-    name = default_folder(module, qualname)
-    assert default_folder(module, qualname) == name
+    name = _folder(module, qualname)
+    assert _folder(module, qualname) == name
     assert validate_folder_name(name) == name
     assert name.isascii()
     assert not name.startswith(".")  # never hidden, never next to `.secret` or temp files
@@ -362,7 +369,7 @@ def test_default_folder_is_one_safe_component(fresh_root: Path, module: str, qua
 
 
 def test_default_folder_differs_per_function() -> None:
-    names = [default_folder(module, qualname) for module, qualname in NASTY]
+    names = [_folder(module, qualname) for module, qualname in NASTY]
     assert len(set(names)) == len(names)
 
 
@@ -371,9 +378,9 @@ def test_default_folder_is_the_same_in_every_process() -> None:
         "import json, sys\n"
         "from twat_cache.paths import default_folder\n"
         "pairs = json.loads(sys.stdin.read())\n"
-        "print(json.dumps([default_folder(m, q) for m, q in pairs]))\n"
+        "print(json.dumps([default_folder(f'{m}.{q}', f'{m}:{q}') for m, q in pairs]))\n"
     )
-    here = [default_folder(module, qualname) for module, qualname in NASTY]
+    here = [_folder(module, qualname) for module, qualname in NASTY]
     for seed in ("0", "4242"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         done = subprocess.run(

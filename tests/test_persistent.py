@@ -18,6 +18,7 @@ from twat_cache.config import CacheConfig
 from twat_cache.engines.base import ALL_POLICIES, MISS, Capabilities, PersistentEngine
 from twat_cache.engines.manager import CacheEngineManager, get_manager
 from twat_cache.exceptions import CacheWarning, ConfigurationError
+from twat_cache.identity import folder_names
 from twat_cache.paths import cache_root, default_folder
 
 # --- forms -------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def test_default_folder_is_named_after_the_function() -> None:
         return x
 
     folder = compute.cache_parameters()["folder_name"]
-    assert folder == default_folder(compute.__module__, compute.__qualname__)
+    assert folder == default_folder(*folder_names(compute))
     assert (cache_root() / folder).is_dir()
     assert compute.cache_engine.directory == cache_root() / folder
 
@@ -176,7 +177,7 @@ def test_version_is_part_of_the_key() -> None:
         return x
 
     assert v1.cache_key(1) != v2.cache_key(1)
-    assert v1.cache_key(1).startswith(f"{v1.__module__}.{v1.__qualname__}@a:")
+    assert v1.cache_key(1).startswith(f"{v1.__module__}.{v1.__qualname__}@")
 
 
 # --- async ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ USER_IMPORTABLE = {
     "twat_cache.engines.base",
     "twat_cache.engines.manager",
     "twat_cache.exceptions",
+    "twat_cache.identity",  # STYLE.md: the one module deciding what makes two functions the same
     "twat_cache.keys",
     "twat_cache.logging",
     "twat_cache.paths",

@@ -170,8 +170,24 @@ class CallState:
         """The engine failed to write: report it; the computed value is still returned."""
         self._fault("write", exc)
 
-    def _store(self, key: Any, value: Any) -> None:
-        if bypassed():
+    def _refused(self, value: Any) -> bool:
+        # A coroutine (or other awaitable) returned by a sync callable can be awaited only
+        # once: it is reported once and never stored.
+        if not hasattr(type(value), "__await__"):
+            return False
+        self.reporter.report(
+            "store a result",
+            TypeError(
+                f"the function returned an awaitable {type(value).__name__}, returned to the "
+                "caller uncached; decorate the async def itself (an async __call__ or a "
+                "partial of an async def are recognized)"
+            ),
+        )
+        return True
+
+    def store(self, key: Any, value: Any) -> None:
+        """Store a computed value; a fault is reported, an awaitable refused."""
+        if bypassed() or self._refused(value):
             return
         try:
             self.put(key, value)
@@ -188,7 +204,7 @@ class CallState:
             return MISS
 
     async def _astore(self, key: Any, value: Any) -> None:
-        if bypassed():
+        if bypassed() or self._refused(value):
             return
         try:
             await self._aset(key, value)
@@ -208,6 +224,8 @@ class CallState:
 
     def hand_over(self, key: Any, value: Any, error: BaseException | None) -> None:
         """Give a finished flight's outcome to the threads waiting for it."""
+        if hasattr(type(value), "__await__"):  # one coroutine is awaited once: each computes
+            value, error = _INTERRUPTED, None
         with self.wakeup:
             outcome = self.waiting.pop(key, None)
             if outcome is not None:
@@ -277,7 +295,7 @@ class CallState:
         self.misses += 1
         value = self.func(*args, **kwargs)
         if store:
-            self._store(key, value)
+            self.store(key, value)
         return value
 
     # --- cross-process leases (engines with `capabilities.leases`) ----------------------

@@ -17,12 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from twat_cache._bypass import track
+from twat_cache._callables import own_signature
 from twat_cache._flight import CallState, in_thread
 from twat_cache._report import WRAPPER_FILENAME_PREFIX
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import MISS, Capabilities, capabilities_of, engine_name, put_of
 from twat_cache.exceptions import ConfigurationError, EngineError
+from twat_cache.identity import describe, namespace
 from twat_cache.keys import (
     FAST_TYPES,
     IDENTITY_CLASSES,
@@ -38,11 +40,11 @@ _P = "__twat_"  # prefix of every name the generated code uses besides the param
 _SYNC_BODY = """
     try:
         __twat_k = {key}
-    except Exception as __twat_e:
+    except __twat_Exception as __twat_e:
         return __twat_state.fault(__twat_e, {args}, {kwargs})
     try:
         __twat_v = __twat_get(__twat_k, __twat_MISS)
-    except Exception as __twat_e:
+    except __twat_Exception as __twat_e:
         return __twat_state.degraded(__twat_e, __twat_k, {args}, {kwargs})
     if __twat_v is not __twat_MISS:
         __twat_hits += 1
@@ -56,8 +58,11 @@ _COMPUTE_AND_STORE = """
 __twat_misses += 1
 __twat_v = __twat_func({call})
 try:
-    __twat_put(__twat_k, __twat_v)
-except Exception as __twat_e:
+    if __twat_hasattr(__twat_v, "__await__"):  # a coroutine: never stored (out of line)
+        __twat_state.store(__twat_k, __twat_v)
+    else:
+        __twat_put(__twat_k, __twat_v)
+except __twat_Exception as __twat_e:
     __twat_state.write_fault(__twat_e)"""
 
 # With an engine offering leases, the leader of this process also takes the engine's
@@ -73,12 +78,12 @@ _SYNC_MISS_LOCKED = """
         try:
             # A flight that ended between our read and our registration stored its value.
             __twat_v = __twat_get(__twat_k, __twat_MISS)
-        except Exception as __twat_e:
+        except __twat_Exception as __twat_e:
             __twat_v = __twat_state.read_fault(__twat_e)
         if __twat_v is __twat_MISS:{compute_and_store_12}
         else:
             __twat_hits += 1
-    except BaseException as __twat_e:
+    except __twat_BaseException as __twat_e:
         __twat_state.abandon(__twat_k, __twat_e)
         raise
     del __twat_flights[__twat_k]
@@ -94,11 +99,11 @@ _SYNC_MISS_UNLOCKED = """{compute_and_store_4}
 _ASYNC_BODY = """
     try:
         __twat_k = {key}
-    except Exception as __twat_e:
+    except __twat_Exception as __twat_e:
         return await __twat_state.afault(__twat_e, {args}, {kwargs})
     try:
         __twat_v = {await_}__twat_get(__twat_k, __twat_MISS)
-    except Exception as __twat_e:
+    except __twat_Exception as __twat_e:
         return await __twat_state.adegraded(__twat_e, __twat_k, {args}, {kwargs})
     if __twat_v is not __twat_MISS:
         __twat_hits += 1
@@ -153,17 +158,14 @@ class _Plan:
 def _part(name: str, *, is_self: bool) -> str:
     if is_self:
         # Instances are keyed by identity: two instances never share an entry.
-        return f"({name} if type({name}) in __twat_idclasses else __twat_self({name}))"
-    return f"({name} if type({name}) in __twat_FAST else __twat_n({name}))"
+        return f"({name} if __twat_type({name}) in __twat_idclasses else __twat_self({name}))"
+    return f"({name} if __twat_type({name}) in __twat_FAST else __twat_n({name}))"
 
 
 def _plan(func: Callable[..., Any], config: CacheConfig) -> _Plan:
     plan = _Plan()
     ignore = set(config.ignore)
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):
-        signature = None
+    signature = own_signature(func)
     params = list(signature.parameters.values()) if signature is not None else []
     usable = signature is not None and all(
         p.name.isidentifier() and not keyword.iskeyword(p.name) and not p.name.startswith(_P)
@@ -172,7 +174,8 @@ def _plan(func: Callable[..., Any], config: CacheConfig) -> _Plan:
     if not usable:
         if ignore:
             raise ConfigurationError(
-                f"ignore={config.ignore} needs the signature of {func!r}, which is unavailable"
+                f"ignore={config.ignore} needs the signature of {describe(func)}, "
+                "which is unavailable"
             )
         params = [
             inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
@@ -184,7 +187,7 @@ def _plan(func: Callable[..., Any], config: CacheConfig) -> _Plan:
     if unknown and not has_varkw:
         raise ConfigurationError(
             f"ignore names {sorted(unknown)}, which are not parameters of "
-            f"{getattr(func, '__qualname__', func)}{signature}"
+            f"{describe(func)}{signature}"
         )
     plan.namespace["__twat_kwignore"] = frozenset(unknown)
 
@@ -247,7 +250,7 @@ def _key_source(plan: _Plan, config: CacheConfig, stable: bool) -> str:
         return plan.key_parts[0]
     parts = [*plan.key_parts]
     if plan.varargs:
-        parts.append(f"*map(__twat_n, {plan.varargs})")
+        parts.append(f"*__twat_map(__twat_n, {plan.varargs})")
     if plan.varkw:
         parts.append(f"__twat_kwkey({plan.varkw})")
     if not parts:
@@ -275,9 +278,9 @@ def wrap(
     norm = make_normalizer(config.typed)
     fast = FAST_TYPES if config.typed else FAST_TYPES | {float, bool}
     kwignore = plan.namespace["__twat_kwignore"]
-    namespace_id = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', '?')}"
-    if config.version is not None:  # a new version makes every persistent entry a miss
-        namespace_id = f"{namespace_id}@{config.version}"
+    # What tells this function's entries apart in a store shared with other functions and
+    # processes (identity.py); an in-process engine serves this function alone.
+    namespace_id = namespace(func, config.version) if stable else describe(func)
 
     def kwfilter(kwargs: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in kwargs.items() if k not in kwignore}
@@ -296,6 +299,13 @@ def wrap(
         return key if type(key) in fast else norm(key)
 
     plan.namespace.update(
+        # The builtins the generated code uses, under private names: a parameter named
+        # `type` or `map` must not change what the key code calls.
+        __twat_type=type,
+        __twat_map=map,
+        __twat_hasattr=hasattr,
+        __twat_Exception=Exception,
+        __twat_BaseException=BaseException,
         __twat_func=func,
         __twat_get=_reader(engine, capabilities, is_async),
         __twat_put=put_of(engine),

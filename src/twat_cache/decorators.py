@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import Any, Literal, overload
 from typing_extensions import Unpack
 
 from twat_cache import registry
+from twat_cache._callables import is_generator, returns_coroutine
 from twat_cache._types import (
     CachedClassMethod,
     CacheDecorator,
@@ -25,6 +25,7 @@ from twat_cache.config import REDIS_URL_ENV, CacheConfig, ConfigOptions, Keyword
 from twat_cache.engines.base import capabilities_of, engine_name
 from twat_cache.engines.manager import CHAINS, get_manager
 from twat_cache.exceptions import ConfigurationError
+from twat_cache.identity import describe, folder_names
 from twat_cache.paths import default_folder
 
 __all__ = [
@@ -129,15 +130,15 @@ def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> 
             f"@{decorator} takes keyword options only: write @{decorator} or "
             f"@{decorator}(maxsize=...), not @{decorator}({func!r})"
         )
-    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+    if is_generator(func):
         raise ConfigurationError(
-            f"@{decorator} cannot cache the generator function {func.__qualname__}: a "
+            f"@{decorator} cannot cache the generator function {describe(func)}: a "
             "generator is consumed once; cache a function returning a list instead"
         )
-    is_async = inspect.iscoroutinefunction(func)
+    is_async = returns_coroutine(func)
     if kind == "async" and not is_async:
         raise ConfigurationError(
-            f"@{decorator} caches async def functions; {func.__qualname__} is not one "
+            f"@{decorator} caches async def functions; {describe(func)} is not one "
             "(use @mcache for a sync function)"
         )
     if kind is None:
@@ -160,13 +161,11 @@ def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> 
         # per read, measured ~10x slower), Redis runs a script updating the cache's index
         # (measured ~1.5x a plain GET). Eviction by storage time keeps hits read-only.
         config = config.merged(policy="fifo")
-    module = getattr(func, "__module__", None) or "__main__"
-    qualname = getattr(func, "__qualname__", None) or repr(func)
     if config.folder_name is None:
         # One folder per function, named after it and the same in every process, for
         # whichever persistent engine serves it (memory engines ignore it).
-        config = config.merged(folder_name=default_folder(module, qualname))
-    name = registry.reserve(config.name or f"{module}.{qualname}")
+        config = config.merged(folder_name=default_folder(*folder_names(func)))
+    name = registry.reserve(config.name or describe(func))
     try:
         engine = get_manager().select(kind, config, is_async=is_async)
         if config.l1_maxsize is None:

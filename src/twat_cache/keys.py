@@ -1,17 +1,23 @@
-"""Cache keys: fast typed in-process keys, and stable digests shared across processes."""
+"""Cache keys: fast typed in-process keys, and stable digests shared across processes.
+
+What a key is, for every engine: two calls share an entry only when their arguments are
+equal, of the same types, and print the same, element by element in containers; a user
+class is keyed by its own equality (docs/keys.md states the rule). In-process keys are
+built here; the stable encoding of persistent and shared keys lives in `_stable`.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import math
+import functools
 import pickle
-import struct
-from collections import Counter
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping
+from datetime import datetime, time, timezone
 from decimal import Decimal
-from types import MethodType, ModuleType
+from pathlib import PosixPath, PurePath, PurePosixPath, PureWindowsPath, WindowsPath
 from typing import Any
 
+from twat_cache._stable import KEY_VERSION, stable_digest, stable_key_builder
 from twat_cache.exceptions import KeyBuildError
 
 __all__ = [
@@ -29,9 +35,6 @@ __all__ = [
 #: types ever compares equal to a value of another (unlike 1 == 1.0 == True).
 FAST_TYPES: frozenset[type] = frozenset({int, str, bytes, type(None)})
 _UNTYPED_FAST: frozenset[type] = FAST_TYPES | {float, bool}
-
-#: Bumped whenever the stable encoding changes, so old persistent entries become misses.
-KEY_VERSION = "k1"
 
 
 class _Tag:
@@ -91,13 +94,52 @@ def self_key(obj: object) -> object:
     return Ident(obj)
 
 
+def _tz_part(tz: Any) -> Hashable:
+    # Timezones compare by offset alone (timezone.utc == timezone(timedelta(0), "Z")), yet
+    # a function formatting a datetime prints their names: the key holds what prints.
+    if tz is None:
+        return None
+    if type(tz) is timezone:
+        return (timezone, tz.__getinitargs__())  # type: ignore[attr-defined]  # in C, untyped
+    return (type(tz), tz, repr(tz))
+
+
+def _moment(value: datetime | time) -> Hashable:
+    # Equal instants in two timezones compare equal, and fold never takes part in equality;
+    # a function can print both, so both are in the key.
+    return (type(value), value, _tz_part(value.tzinfo), value.fold)
+
+
+def _plain(value: Any) -> Hashable:
+    return (type(value), value)
+
+
+_ORDERED_EQ = OrderedDict.__eq__
+_MAPPING_EQ: Any = Mapping.__eq__
+#: The container equality a class inherits, when it is a built-in one: how its values are
+#: converted. A subclass defining its own __eq__ is keyed by that equality instead.
+_CONTAINER_EQ: dict[Any, str] = {
+    tuple.__eq__: "sequence",
+    list.__eq__: "sequence",
+    deque.__eq__: "sequence",
+    dict.__eq__: "mapping",
+    Counter.__eq__: "mapping",  # exact counts: Counter() and Counter(a=0) print apart
+    _ORDERED_EQ: "ordered",
+    set.__eq__: "set",
+    frozenset.__eq__: "set",
+}
+
+
 def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
     """Build the function turning one argument into a hashable, collision-free key part.
 
-    Typed (the default): `1`, `1.0`, `True`, `"1"` and `b"1"` give five different parts,
-    `-0.0` differs from `0.0` (in NumPy scalars too), `Decimal("1")` from `Decimal("1.00")`,
-    and containers are converted recursively (lists, dicts and
-    sets work; dicts and sets ignore order). Untyped: values equal by `==` share a part.
+    Typed (the default), two values share a part only when they are equal, of the same
+    type, and print the same: `1`, `1.0`, `True`, `"1"` and `b"1"` give five parts, `-0.0`
+    differs from `0.0` (in NumPy scalars too), `Decimal("1")` from `Decimal("1.00")`,
+    datetimes by timezone and fold, a defaultdict by its factory, an OrderedDict by its
+    order, and containers apply the rule to their elements (dicts and sets ignore order).
+    Other classes are keyed by their own equality (hashable ones) or their content (the
+    others). Untyped: values of different types equal by `==` share a part.
 
     >>> norm = make_normalizer()
     >>> norm(1) != norm(1.0) != norm(True)
@@ -129,6 +171,9 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
         unique = frozenset(parts)
         return unique if len(unique) == len(parts) else counted(parts)
 
+    def ordered(value: Mapping[Any, Any]) -> Hashable:
+        return tuple((norm(k), norm(v)) for k, v in value.items())
+
     def members(value: Any) -> Hashable:
         parts = list(map(norm, value))
         unique = frozenset(parts)
@@ -138,6 +183,45 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
         # Distinct members that normalize alike (NaN objects, which are unequal to each
         # other): keep how many there were, so {nan_a, nan_b} is not {nan_a}.
         return (_COUNTED, frozenset(Counter(parts).items()))
+
+    def container(value: Any, cls: type, kind: str) -> Hashable:
+        if kind == "sequence":
+            tag = cls if typed or cls is deque else (_TUPLE if isinstance(value, tuple) else _LIST)
+            if isinstance(value, deque):  # maxlen prints, and decides what appends drop
+                return (tag, items(value), value.maxlen)
+            return (tag, items(value))
+        if kind == "set":
+            return (cls if typed else _SET, members(value))
+        if kind == "ordered":
+            return (cls, ordered(value))
+        if isinstance(value, defaultdict):  # the factory decides what a missing key reads
+            return (cls, norm(value.default_factory), pairs(value))
+        return (cls if typed or cls is Counter else _MAP, pairs(value))
+
+    exact: dict[type, Callable[[Any], Hashable]] = {
+        datetime: _moment,
+        time: _moment,
+        timezone: _tz_part,
+        range: lambda v: (range, v.start, v.stop, v.step),
+        bytearray: lambda v: (bytearray, bytes(v)),
+        memoryview: lambda v: (memoryview, v.format, v.shape, v.tobytes()),
+        PurePosixPath: lambda v: (type(v), str(v)),  # str, not ==: Windows paths ignore case
+        PureWindowsPath: lambda v: (type(v), str(v)),
+        PosixPath: lambda v: (type(v), str(v)),
+        WindowsPath: lambda v: (type(v), str(v)),
+    }
+    for cls, kind in (
+        (set, "set"),
+        (frozenset, "set"),
+        (OrderedDict, "ordered"),
+        (defaultdict, "mapping"),
+        (Counter, "mapping"),
+        (deque, "sequence"),
+    ):
+        exact[cls] = functools.partial(container, cls=cls, kind=kind)
+    if typed:
+        exact[complex] = lambda v: (complex, (v.real.hex(), v.imag.hex()))
+        exact[Decimal] = lambda v: (Decimal, v.as_tuple())
 
     def norm(value: Any) -> Hashable:
         cls = type(value)
@@ -159,38 +243,48 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
             return (float, value.hex())
         if cls is bool:
             return (bool, value)
-        if cls is complex and typed:
-            return (complex, (value.real.hex(), value.imag.hex()))
-        if isinstance(value, tuple):
-            return (cls if typed else _TUPLE, items(value))
-        if isinstance(value, list):
-            return (cls if typed else _LIST, items(value))
-        if isinstance(value, dict):
-            return (cls if typed else _MAP, pairs(value))
-        if isinstance(value, set | frozenset):
-            return (cls if typed else _SET, members(value))
+        convert = exact.get(cls)
+        if convert is not None:
+            return convert(value)
+        return other(value, cls)
+
+    def other(value: Any, cls: type) -> Hashable:
+        # Subclasses, NumPy and pandas values, and user classes (the slow path).
         if typed:
-            # Values that compare equal although a function can tell them apart:
-            # float subclasses (numpy.float64) -0.0 and 0.0, Decimal('1') and
-            # Decimal('1.00'), and NumPy scalars of any kind.
-            if isinstance(value, float):
+            if isinstance(value, float):  # numpy.float64 -0.0 and 0.0
                 return (cls, float.hex(value))
-            if cls is Decimal:
+            if isinstance(value, Decimal):
                 return (cls, value.as_tuple())
-            if cls.__module__ == "numpy" and getattr(value, "dtype", None) is not None:
-                dtype = value.dtype
-                if dtype.kind != "O":  # object arrays hold pointers: pickled below
-                    return (cls, str(dtype), value.shape, value.tobytes())
+            if cls.__module__.partition(".")[0] in ("numpy", "pandas"):
+                part: Hashable = _arrays().memory_part(value, norm)
+                if part is not None:
+                    return part
+        if isinstance(value, datetime | time):  # pandas.Timestamp among others
+            return _moment(value)
+        if isinstance(value, PurePath):
+            return (cls, str(value))
+        kind = _CONTAINER_EQ.get(cls.__eq__)
+        if kind is not None:  # a subclass keeping its base's equality: converted alike
+            return container(value, cls, kind)
         try:
             hash(value)
         except TypeError:
-            # The Mapping ABC check is slow, so it runs only for unhashable values.
-            if isinstance(value, Mapping):
+            # Unhashable with an equality of its own: keyed by its content (its pickle),
+            # which is never looser than its equality. The Mapping ABC check is slow, so
+            # it runs only for unhashable values.
+            if isinstance(value, Mapping) and cls.__eq__ is _MAPPING_EQ:
                 return (cls if typed else _MAP, pairs(value))
             return _pickled(value)
         return (cls, value) if typed else value
 
     return norm
+
+
+def _arrays() -> Any:
+    # Imported on first use: NumPy and pandas arguments exist only once the user has them.
+    from twat_cache import _arrays as module
+
+    return module
 
 
 def _pickled(value: Any) -> Hashable:
@@ -203,185 +297,3 @@ def _pickled(value: Any) -> Hashable:
             f"cannot build a cache key from an unhashable, unpicklable "
             f"{type(value).__name__} argument: pass key= or ignore= for it ({exc})"
         ) from exc
-
-
-# --- stable keys -----------------------------------------------------------------------
-#
-# A canonical, injective byte encoding: every value is written as a one-byte tag followed
-# by a length-prefixed payload, containers as a count followed by their items; the items
-# of sets and mappings are encoded separately and sorted by their bytes, so the result
-# does not depend on insertion order or PYTHONHASHSEED.
-
-_LEN = struct.Struct(">Q")
-_ATOMS: dict[type, bytes] = {type(None): b"N", bool: b"?", int: b"i", str: b"s", bytes: b"b"}
-
-
-def _atom(tag: bytes, payload: bytes, out: list[bytes]) -> None:
-    out.append(tag)
-    out.append(_LEN.pack(len(payload)))
-    out.append(payload)
-
-
-def _encode(value: Any, out: list[bytes], where: str, depth: int) -> None:
-    if depth > 200:
-        raise KeyBuildError(f"argument {where} is nested too deeply (or refers to itself)")
-    cls = type(value)
-    tag = _ATOMS.get(cls)
-    if tag is not None:
-        if cls is str:
-            payload = value.encode("utf-8", "surrogatepass")
-        elif cls is bytes:
-            payload = value
-        elif cls is int:  # bytes, not repr: repr refuses ints past 4300 digits
-            payload = value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
-        else:
-            payload = repr(value).encode()
-        _atom(tag, payload, out)
-        return
-    if cls is float:
-        _atom(b"f", (value.hex() if not math.isnan(value) else "nan").encode(), out)
-        return
-    if cls is complex:
-        _atom(b"c", f"{value.real.hex()},{value.imag.hex()}".encode(), out)
-        return
-    if cls is bytearray:
-        _atom(b"B", bytes(value), out)
-        return
-    if isinstance(value, tuple | list):
-        out.append(b"T" if isinstance(value, tuple) else b"L")
-        _qualname(cls, out)
-        out.append(_LEN.pack(len(value)))
-        for i, item in enumerate(value):
-            _encode(item, out, f"{where}[{i}]", depth + 1)
-        return
-    if isinstance(value, Mapping):
-        items = sorted(
-            _encode_bytes(k, f"{where} key", depth) + _encode_bytes(v, f"{where}[{k!r}]", depth)
-            for k, v in value.items()
-        )
-        out.append(b"M")
-        _qualname(cls, out)
-        out.append(_LEN.pack(len(items)))
-        out.extend(items)
-        return
-    if isinstance(value, set | frozenset):
-        members = sorted(_encode_bytes(v, f"{where} member", depth) for v in value)
-        out.append(b"S")
-        _qualname(cls, out)
-        out.append(_LEN.pack(len(members)))
-        out.extend(members)
-        return
-    if isinstance(value, MethodType):  # a bound method: its instance is part of its identity
-        out.append(b"m")
-        _encode(value.__func__, out, where, depth + 1)
-        _encode(value.__self__, out, where, depth + 1)
-        return
-    bound_to = getattr(value, "__self__", None)
-    if bound_to is not None and callable(value) and not isinstance(bound_to, ModuleType):
-        # A builtin bound method ("a".upper, {}.get): its object is part of its identity.
-        out.append(b"n")
-        _atom(b"s", f"{type(bound_to).__qualname__}.{value.__name__}".encode(), out)
-        _encode(bound_to, out, where, depth + 1)
-        return
-    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
-        name = _global_name(value, where)
-        _atom(b"G", name.encode(), out)
-        return
-    _encode_reduced(value, out, where, depth)
-
-
-def _encode_bytes(value: Any, where: str, depth: int) -> bytes:
-    part: list[bytes] = []
-    _encode(value, part, where, depth + 1)
-    return b"".join(part)
-
-
-def _qualname(cls: type, out: list[bytes]) -> None:
-    _atom(b"t", f"{cls.__module__}.{cls.__qualname__}".encode(), out)
-
-
-def _global_name(value: Any, where: str) -> str:
-    module = getattr(value, "__module__", None) or "?"
-    qualname = value.__qualname__
-    if "<lambda>" in qualname or "<locals>" in qualname:
-        raise KeyBuildError(
-            f"argument {where} is {qualname}, which has no name stable across processes: "
-            "pass key= or ignore= for it"
-        )
-    return f"{module}.{qualname}"
-
-
-def _encode_reduced(value: Any, out: list[bytes], where: str, depth: int) -> None:
-    # Any other object is encoded through its pickle reduction (constructor and state),
-    # canonically, so an object whose repr is `<X object at 0x...>` still gets a key that is
-    # the same in every process, and a set inside its state is ordered canonically.
-    try:
-        reduced = value.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise KeyBuildError(
-            f"argument {where} ({type(value).__name__}) cannot be pickled, so it has no key "
-            f"stable across processes: pass key= or ignore= for it ({exc})"
-        ) from exc
-    if isinstance(reduced, str):  # a global singleton, pickled by name
-        _atom(b"G", f"{type(value).__module__}.{reduced}".encode(), out)
-        return
-    out.append(b"R")
-    _qualname(type(value), out)
-    parts = list(reduced[:5]) + [None] * (5 - len(reduced[:5]))
-    constructor, args, state, list_items, dict_items = parts
-    _encode(constructor, out, f"{where} constructor", depth + 1)
-    _encode(args, out, where, depth + 1)
-    _encode(state, out, where, depth + 1)
-    _encode(list(list_items) if list_items is not None else None, out, where, depth + 1)
-    _encode(dict(dict_items) if dict_items is not None else None, out, where, depth + 1)
-
-
-def stable_key_builder(
-    namespace: str, names: tuple[str, ...] = ()
-) -> Callable[[tuple[Any, ...], Mapping[str, Any] | None], str]:
-    """The stable-key function of one cached function: `stable_digest` with the namespace
-    encoded once, and str and int arguments (the common case) encoded inline.
-
-    >>> build = stable_key_builder("mod.f", ("x",))
-    >>> build((1,), None) == stable_digest("mod.f", (1,))
-    True
-    """
-    head = b"".join((namespace.encode(), b"\0", KEY_VERSION.encode(), b"\0"))
-    prefix = f"{namespace}:{KEY_VERSION}:"
-    pack = _LEN.pack
-    blake2b = hashlib.blake2b
-
-    def build(args: tuple[Any, ...], kwargs: Mapping[str, Any] | None) -> str:
-        out = [head, pack(len(args))]
-        for i, value in enumerate(args):
-            cls = type(value)
-            if cls is str:
-                data = value.encode("utf-8", "surrogatepass")
-                out += (b"s", pack(len(data)), data)
-            elif cls is int:
-                data = value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
-                out += (b"i", pack(len(data)), data)
-            else:
-                _encode(value, out, names[i] if i < len(names) else f"#{i}", 0)
-        if kwargs:
-            _encode(dict(kwargs), out, "**kwargs", 0)
-        return prefix + blake2b(b"".join(out), digest_size=20).hexdigest()
-
-    return build
-
-
-def stable_digest(
-    namespace: str,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any] | None = None,
-    *,
-    names: tuple[str, ...] = (),
-) -> str:
-    """A key identical in every process: ``namespace:version:digest`` (160-bit BLAKE2b).
-
-    `names` labels the positional values in error messages (the parameter names).
-
-    >>> stable_digest("mod.f", (1, {"b", "a"})) == stable_digest("mod.f", (1, {"a", "b"}))
-    True
-    """
-    return stable_key_builder(namespace, names)(args, kwargs)

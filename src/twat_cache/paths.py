@@ -108,15 +108,17 @@ def cache_dir(folder_name: str) -> Path:
     return private_dir(cache_root() / name)
 
 
-def default_folder(module: str, qualname: str) -> str:
-    """A folder name derived from a function's qualified name, the same in every process.
+def default_folder(readable: str, unique: str) -> str:
+    """A folder name from a function's readable name and its unique one (`identity.
+    folder_names`: module and qualified name, with a script's path for `__main__`), the
+    same in every process.
 
-    >>> default_folder("app.models", "User.load")
+    >>> default_folder("app.models.User.load", "app.models:User.load")
     'app.models.User.load-9a2bab63'
     """
-    readable = _UNSAFE.sub("_", f"{module}.{qualname}").strip(".-")[:80] or "function"
-    digest = hashlib.blake2b(f"{module}:{qualname}".encode(), digest_size=4).hexdigest()
-    return f"{readable}-{digest}"
+    text = _UNSAFE.sub("_", readable).strip(".-")[:80] or "function"
+    digest = hashlib.blake2b(unique.encode(), digest_size=4).hexdigest()
+    return f"{text}-{digest}"
 
 
 def folder_bytes(directory: Path) -> int:

@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -97,9 +98,10 @@ def test_decorated_function_keys_are_stable_digests_under_the_prefix(
     try:
         assert double(21) == 42
         (entry,) = keys_of(raw, "twat_cache:{layout}:0:*")
-        # the function's stable key: its qualified name, then a 160-bit hex digest
+        # the function's stable key: its qualified name and identity digest (128 bits),
+        # the key version, then a 160-bit hex digest of the arguments
         assert entry.startswith("twat_cache:{layout}:0:")
-        assert f".{double.__qualname__}:" in entry
+        assert re.search(rf"\.{re.escape(double.__qualname__)}@[0-9a-f]{{32}}:k2:", entry)
         assert len(entry.rsplit(":", 1)[1]) == 40
         assert double.cache_key(21) == entry.removeprefix("twat_cache:{layout}:0:")
     finally:

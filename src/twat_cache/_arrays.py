@@ -1,0 +1,127 @@
+"""Content keys of NumPy arrays and scalars and of pandas objects: dtype, shape, contents.
+
+Neither library is imported here: a value of theirs can only reach a key once the user has
+imported it, so `sys.modules` has it. Contents are read once, as one buffer, and hashed
+with BLAKE3 when large (see `_stable.buffer`); object arrays and object columns are keyed
+element by element.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from blake3 import blake3
+
+from twat_cache._stable import BIG, atom, buffer, content_digest, encode, qualified
+from twat_cache.exceptions import KeyBuildError
+
+__all__ = ["encode_array", "memory_part"]
+
+
+def _dtype_text(dtype: Any) -> str:
+    # `dtype.str` tells byte order and units ('>i4', '<M8[ns]'); a structured or sub-array
+    # dtype needs its whole layout (field names, offsets, shapes).
+    if dtype.fields is None and dtype.subdtype is None:
+        return str(dtype.str)
+    return str(dtype.descr)
+
+
+def _bytes_of(np: Any, array: Any) -> Any:
+    # C order whatever the layout (no copy when already C-contiguous), as bytes.
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+def _ndarray(np: Any, value: Any, out: list[bytes], where: str, depth: int) -> None:
+    out.append(b"A")
+    qualified(type(value), out)
+    atom(b"s", _dtype_text(value.dtype).encode(), out)
+    encode(tuple(value.shape), out, where, depth + 1)
+    if value.dtype.hasobject:  # pointers: key the objects themselves
+        encode(np.asarray(value).ravel().tolist(), out, where, depth + 1)
+    else:
+        buffer(b"a", _bytes_of(np, value), out)
+
+
+def _values(np: Any, obj: Any, out: list[bytes], where: str, depth: int) -> None:
+    # The values of a Series or an Index, with their dtype.
+    dtype = obj.dtype
+    atom(b"s", repr(dtype).encode(), out)
+    categories = getattr(dtype, "categories", None)
+    if categories is not None:  # repr may abridge the categories; the key must not
+        _index(np, categories, out, where, depth)
+        encode(bool(dtype.ordered), out, where, depth + 1)
+    if isinstance(dtype, np.dtype) and not dtype.hasobject:
+        _ndarray(np, obj.to_numpy(), out, where, depth)
+    else:
+        encode(obj.to_numpy(dtype=object).tolist(), out, where, depth + 1)
+
+
+def _index(np: Any, index: Any, out: list[bytes], where: str, depth: int) -> None:
+    out.append(b"X")
+    qualified(type(index), out)
+    encode(list(index.names), out, f"{where}.index names", depth + 1)
+    _values(np, index, out, where, depth)
+
+
+def encode_array(value: Any, out: list[bytes], where: str, depth: int) -> bool:
+    """Append the stable encoding of a NumPy or pandas value; False for any other value
+    (an ndarray subclass such as a masked array goes through its pickle reduction)."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return False
+    if type(value) in (np.ndarray, np.memmap) or isinstance(value, np.generic):
+        _ndarray(np, value, out, where, depth)
+        return True
+    pd = sys.modules.get("pandas")
+    if pd is None:
+        return False
+    if isinstance(value, pd.DataFrame):
+        out.append(b"F")
+        qualified(type(value), out)
+        _index(np, value.columns, out, f"{where}.columns", depth)
+        _index(np, value.index, out, f"{where}.index", depth)
+        for position in range(value.shape[1]):
+            _values(np, value.iloc[:, position], out, f"{where} column {position}", depth)
+        encode(dict(value.attrs), out, f"{where}.attrs", depth + 1)
+        return True
+    if isinstance(value, pd.Series):
+        out.append(b"Q")
+        qualified(type(value), out)
+        encode(value.name, out, f"{where}.name", depth + 1)
+        _index(np, value.index, out, f"{where}.index", depth)
+        _values(np, value, out, where, depth)
+        encode(dict(value.attrs), out, f"{where}.attrs", depth + 1)
+        return True
+    if isinstance(value, pd.Index):
+        _index(np, value, out, where, depth)
+        return True
+    return False
+
+
+def memory_part(value: Any, norm: Callable[[Any], Hashable]) -> Hashable | None:
+    """The in-process key part of a NumPy or pandas value, or None for any other value.
+
+    Arrays are keyed by type, dtype, shape and contents: their bytes when small, a BLAKE3
+    digest when large (no copy of a contiguous array), their elements through `norm` when
+    they hold objects. pandas objects by the digest of their stable encoding."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None
+    cls = type(value)
+    if cls is np.ndarray or cls is np.memmap or isinstance(value, np.generic):
+        dtype = value.dtype
+        if dtype.hasobject:
+            items = tuple(norm(item) for item in np.asarray(value).ravel().tolist())
+            return (cls, _dtype_text(dtype), value.shape, items)
+        data = _bytes_of(np, value)
+        contents = data.tobytes() if data.nbytes < BIG else blake3(data).digest()
+        return (cls, _dtype_text(dtype), value.shape, contents)
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(value, pd.DataFrame | pd.Series | pd.Index):
+        try:
+            return (cls, content_digest(value))
+        except KeyBuildError:  # an object column holding an unpicklable value
+            return None
+    return None

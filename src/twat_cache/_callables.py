@@ -1,0 +1,83 @@
+"""What a decorated callable is: its own signature, and whether it is async or a generator.
+
+The answers follow the outermost callable, as a call does: a `functools.wraps` wrapper is
+called with what its own parameters take (never the `__wrapped__` function's), a partial
+with what it still takes, an instance through its `__call__`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["is_generator", "own_signature", "returns_coroutine"]
+
+
+def _innermost_partial(func: Any) -> Any:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return func
+
+
+def _call_method(func: Any) -> Any:
+    """The function a call of `func` runs: `func` itself for functions and methods, the
+    class's `__call__` for an instance (None for a class: calling it builds an object)."""
+    func = _innermost_partial(func)
+    if isinstance(func, type):
+        return None
+    if isinstance(func, types.FunctionType | types.MethodType | types.BuiltinFunctionType):
+        return func
+    return type(func).__call__ if callable(func) else None
+
+
+def returns_coroutine(func: Callable[..., Any]) -> bool:
+    """Whether calling `func` returns a coroutine to await: an `async def` function, method
+    or partial of one, or an instance whose `__call__` is `async def`."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = _call_method(func)
+    return call is not None and call is not func and inspect.iscoroutinefunction(call)
+
+
+def is_generator(func: Callable[..., Any]) -> bool:
+    """Whether calling `func` returns a generator (sync or async) instead of a result."""
+    call = _call_method(func)
+    return any(
+        check(target)
+        for target in (func, call)
+        if target is not None
+        for check in (inspect.isgeneratorfunction, inspect.isasyncgenfunction)
+    )
+
+
+def _code_signature(func: types.FunctionType) -> inspect.Signature:
+    # A plain function's parameters as its code declares them. A `__signature__` or
+    # `__wrapped__` set on it (functools.wraps) describes another function, not what this
+    # one's code receives, so a bare copy without them is read.
+    bare = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
+    )
+    bare.__kwdefaults__ = func.__kwdefaults__
+    return inspect.signature(bare)
+
+
+def own_signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    """The parameters a call of `func` itself takes, or None when they cannot be known
+    (a builtin without a text signature): the caller then passes everything through."""
+    try:
+        if isinstance(func, types.FunctionType):
+            return _code_signature(func)
+        if isinstance(func, types.MethodType) and isinstance(func.__func__, types.FunctionType):
+            parameters = list(_code_signature(func.__func__).parameters.values())
+            if parameters and parameters[0].kind in (
+                inspect.Parameter.POSITIONAL_ONLY,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            ):
+                parameters = parameters[1:]  # the bound instance
+            return inspect.Signature(parameters)
+        return inspect.signature(func, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return None
