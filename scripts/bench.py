@@ -37,6 +37,13 @@ a local port that refuses connections. Peers that cannot report hits and misses 
 ``ctx.counted(fn)``: a hit sample in which the function ran is an error, as for ours.
 A ``Target`` with ``op="add"`` bounds a difference (ours - ref, ns/call), not a ratio.
 
+Large-argument workloads (bigarg_array, bigarg_frame) time one call per sample on a 100 MB
+argument: twat_cache's stable key and its cache hits next to joblib.hash, hashlib and
+blake3. A workload with ``arg_bytes`` adds a GB/s column (bytes / ns per call), and a
+``Target`` with ``op="gbps"`` bounds that rate from below. A factory raises ``Skip`` to skip
+its row with a note: a key twat_cache refuses to build is noted ``refused: ...`` (never an
+error of the run), and a target on that row is then a MISS.
+
 Reporting: ``--json`` keeps every figure (machine, versions, samples, ratios, targets);
 ``--chart`` draws ns per hit of each decorator of ours next to functools and the peers
 (matplotlib, SVG or PNG, log scale: the groups are ``CHART``); ``--markdown`` rewrites the
@@ -54,6 +61,7 @@ import contextlib
 import datetime
 import functools
 import gc
+import hashlib
 import importlib
 import importlib.metadata as metadata
 import importlib.util
@@ -89,6 +97,7 @@ TIMES = "\u00d7"  # the multiplication sign of the report, kept out of the sourc
 MICRO = "\u00b5s"  # microseconds, likewise
 NREMOTE = 1000  # warm keys of the Redis workloads
 REWARM_MARGIN = 1.5  # s: a short-ttl sample (rewarm) needs its entries to live this long
+MEMORY_ENGINE = "cachebox"  # the first link of the memory chain (installed by the `all` extra)
 
 # --------------------------------------------------------------------------
 # the cached functions: each adapter wraps its own copy (own __qualname__) so
@@ -168,7 +177,8 @@ def mixed_argsets() -> list[tuple[Any, ...]]:
 @dataclass
 class Target:
     """``le``: ours_ns / ref_ns <= bound.  ``ge``: ref_ns / ours_ns >= bound.
-    ``add``: ours_ns - ref_ns <= bound (ns per call: the latency ours adds)."""
+    ``add``: ours_ns - ref_ns <= bound (ns per call: the latency ours adds).
+    ``gbps``: the workload's arg_bytes / ours_ns >= bound (GB/s; no ref, pass "")."""
 
     ours: str
     ref: str
@@ -189,6 +199,7 @@ class Adapter:
     mode: str | None = None  # hit | miss when not the workload's (store and load rows)
     base: str | None = None  # the row its ratio is paired with, when not the baseline
     engine: str | None = None  # the engine an `ours` row must be served by (no fallback)
+    cached: bool = True  # False: an `ours` row that times a bare function (a key), no cache
 
 
 @dataclass
@@ -216,6 +227,8 @@ class Workload:
     compare: list[tuple[str, str]] = field(default_factory=list)  # extra paired ratios a / b
     server: bool = False  # runs against the bench's own redis-server (skipped without one)
     rewarm: float = 0.0  # the entries' ttl (s) when it is short: see Runner.rewarm
+    needs: tuple[str, ...] = ()  # modules its items need: without one, every row is skipped
+    arg_bytes: int = 0  # bytes of the argument each call keys: adds a GB/s column
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -239,6 +252,7 @@ def adapter(
     mode: str | None = None,
     base: str | None = None,
     engine: str | None = None,
+    cached: bool = True,
 ) -> Callable[[Callable[[Ctx], Any]], Callable[[Ctx], Any]]:
     """Register a factory as adapter `label` of the workload(s) `names`."""
     wnames = [names] if isinstance(names, str) else names
@@ -246,7 +260,9 @@ def adapter(
     def deco(factory: Callable[[Ctx], Any]) -> Callable[[Ctx], Any]:
         for wname in wnames:
             WORKLOADS[wname].adapters.append(
-                Adapter(label, factory, role, ours, needs, note, scale, loop, mode, base, engine)
+                Adapter(
+                    label, factory, role, ours, needs, note, scale, loop, mode, base, engine, cached
+                )
             )
         return factory
 
@@ -984,9 +1000,263 @@ def _joblib_load(ctx: Ctx) -> Any:
     return _joblib_memory(ctx)
 
 
+# ---- large arguments: keying a 100 MB array or DataFrame ---------------------------------
+
+ARG_BYTES = 100 * 2**20  # the data of the large-argument workloads' argument
+ARG_COLUMNS = 4  # float64 columns of the DataFrame argument (ARG_BYTES in all)
+KEY_GBPS = 1.0  # target: the persistent key of a 100 MB array at >= 1 GB/s (issue 12)
+REFUSED = "refused: "  # a Skip note: twat_cache refuses the argument (the call runs uncached)
+A_JOBLIB = "joblib.hash(x)"
+A_KEY = 'keys.stable_digest("bench.f", (x,))'
+A_BCACHE = "bcache() hit"
+A_FCACHE = "fcache() hit"
+A_MCACHE = "mcache() hit"
+A_MEMORY = "joblib.Memory.cache hit"
+A_BLAKE3 = "floor: blake3(data), one thread"
+A_BLAKE3_MT = "blake3(data, max_threads=AUTO)"
+ARG_WLS = ["bigarg_array", "bigarg_frame"]
+_ARG_NOTES = [
+    "one call per sample on the same argument, already in memory: its pages (and twice its",
+    "size of fresh memory, allocated and freed) are touched, untimed, before each sample.",
+    "Cache rows are hits: the entry exists (a small result), so a hit is the argument's key",
+    "plus the lookup. GB/s = the argument's bytes / the time per call. data = the array's",
+    "buffer, or each column's buffer in turn for a DataFrame (memoryview, no copy).",
+    f"{TIMES} base < 1 is faster than joblib.hash, the input hashing of joblib.Memory.",
+    f"A row of ours noted '{REFUSED.strip()}' is a key twat_cache does not build (the call",
+    "runs uncached with a CacheFaultWarning): it has no figure, and its target is a MISS",
+]
+_ARGS: dict[str, Any] = {}  # the arguments, built once on first use
+
+
+def big_arg(kind: str) -> Any:
+    """The 100 MB argument: a float64 array ("array") or a DataFrame of ARG_COLUMNS float64
+    columns ("frame"), random and fixed from run to run."""
+    if kind not in _ARGS:
+        np = mod("numpy")
+        if kind == "array":
+            _ARGS[kind] = np.random.default_rng(12).random(ARG_BYTES // 8)
+        else:
+            n = ARG_BYTES // 8 // ARG_COLUMNS
+            columns = {f"c{i}": np.random.default_rng(12 + i).random(n) for i in range(ARG_COLUMNS)}
+            _ARGS[kind] = mod("pandas").DataFrame(columns)
+    return _ARGS[kind]
+
+
+def arg_buffers(x: Any) -> list[memoryview]:
+    """The argument's data as byte buffers, without a copy: the array's, or each column's."""
+    if hasattr(x, "columns"):
+        return [memoryview(x[c].to_numpy()).cast("B") for c in x.columns]
+    return [memoryview(x).cast("B")]
+
+
+def arg_rows(x: Any) -> int:
+    """The cached function of the large-argument workloads: a small, cheap result, so that a
+    hit times the argument's key and the lookup."""
+    return len(x)
+
+
+def altered(x: Any) -> Any:
+    """A copy of the argument with one value in its middle changed."""
+    y = x.copy()
+    if hasattr(y, "columns"):
+        y.iloc[len(y) // 2 + 1, ARG_COLUMNS // 2] += 1.0
+    else:
+        y[len(y) // 2 + 1] += 1.0
+    return y
+
+
+def prefault_arg(kind: str) -> Callable[[], None]:
+    """Before each sample (untimed): touch every page of the argument, then allocate, touch
+    and free twice its size, for the copies some rows make (see prefault_arrays)."""
+
+    def prefault() -> None:
+        for buf in arg_buffers(big_arg(kind)):
+            sum(buf[::4096])
+        mod("numpy").ones(2 * ARG_BYTES // 8)
+
+    return prefault
+
+
+for _kind, _name, _what in (
+    ("array", "bigarg_array", "float64 NumPy array"),
+    ("frame", "bigarg_frame", f"pandas DataFrame ({ARG_COLUMNS} float64 columns)"),
+):
+    workload(
+        Workload(
+            _name,
+            f"large argument: keying f(x) on a {ARG_BYTES // 2**20} MB {_what}, one call "
+            "per sample",
+            mode="hit",
+            loop="call",
+            is_async=False,
+            baseline=A_JOBLIB,
+            maxsize=None,
+            items=functools.partial(lambda kind: [big_arg(kind)], _kind),
+            expect=len,
+            unit="ms",
+            calls=(1, 1),  # the run's rounds (7, --quick 3): one call each
+            warm_files=True,
+            prefault=prefault_arg(_kind),
+            needs=("numpy", "pandas") if _kind == "frame" else ("numpy",),
+            arg_bytes=ARG_BYTES,
+            targets=[Target(A_KEY, "", "gbps", KEY_GBPS)] if _kind == "array" else [],
+            notes=_ARG_NOTES,
+            compare=[(A_KEY, A_BLAKE3), (A_BCACHE, A_MEMORY), (A_FCACHE, A_MEMORY)],
+        )
+    )
+
+
+def _keying(digest: Callable[[Any], Any]) -> Callable[[Any], int]:
+    """A row that computes `digest(x)` and returns len(x), as the cached function does, so
+    that the workload's result check is the same for every row."""
+
+    def key(x: Any) -> int:
+        digest(x)
+        return len(x)
+
+    return key
+
+
+def _short_fault(message: str) -> str:
+    """A CacheFaultWarning's message, without its cache's name, for a row's note."""
+    text = re.sub(r"^twat_cache: cache '[^']*' ", "", message)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _probe_keyed(f: Any, x: Any) -> Any:
+    """Untimed: check that twat_cache keys `x` at all. Calls f(x) twice, where the second
+    call must be a hit, else Skip("refused: ..."); then a copy of `x` with one value changed
+    must be a miss (a key that sampled the data would time less than the data)."""
+    fault = mod("twat_cache.exceptions").CacheFaultWarning
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        f(x)
+        before = f.cache_info()
+        f(x)
+        after = f.cache_info()
+    faults = [str(w.message) for w in seen if issubclass(w.category, fault)]
+    if after.hits - before.hits != 1:
+        raise Skip(REFUSED + (_short_fault(faults[0]) if faults else "a repeat is not a hit"))
+    for w in seen:  # anything else is the bench's to see
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    y = altered(x)
+    before = f.cache_info()
+    f(y)
+    if f.cache_info().misses - before.misses != 1:
+        raise SanityError("a copy with one value changed was a hit: the key skips data")
+    return f
+
+
+@adapter(ARG_WLS, A_JOBLIB, role="baseline", needs=("joblib",))
+def _arg_joblib_hash(ctx: Ctx) -> Any:
+    return _keying(mod("joblib").hash)
+
+
+@adapter(ARG_WLS, A_KEY, role="ours", ours=True, cached=False)
+def _arg_stable_digest(ctx: Ctx) -> Any:
+    keys, x = mod("twat_cache.keys"), ctx.items[0]
+    digest = keys.stable_digest
+    try:
+        first = digest("bench.f", (x,))
+    except mod("twat_cache.exceptions").KeyBuildError as e:
+        raise Skip(REFUSED + _err(e)) from e
+    if digest("bench.f", (x,)) != first:
+        raise SanityError("two keys of the same argument differ")
+    if digest("bench.f", (altered(x),)) == first:
+        raise SanityError("a copy with one value changed has the same key: the key skips data")
+    return _keying(lambda v: digest("bench.f", (v,)))
+
+
+@adapter(ARG_WLS, A_BCACHE, role="ours", ours=True, engine="diskcache")
+def _arg_bcache(ctx: Ctx) -> Any:
+    return _probe_keyed(tw().bcache(folder_name=ctx.folder())(fresh(arg_rows)), ctx.items[0])
+
+
+@adapter(ARG_WLS, A_MCACHE, role="ours", ours=True, engine=MEMORY_ENGINE)
+def _arg_mcache(ctx: Ctx) -> Any:
+    return _probe_keyed(tw().mcache(fresh(arg_rows)), ctx.items[0])
+
+
+@adapter(ARG_WLS, A_FCACHE, role="ref", ours=True, engine="joblib")
+def _arg_fcache(ctx: Ctx) -> Any:
+    return _probe_keyed(tw().fcache(folder_name=ctx.folder())(fresh(arg_rows)), ctx.items[0])
+
+
+@adapter(ARG_WLS, A_MEMORY, needs=("joblib",))
+def _arg_joblib_memory(ctx: Ctx) -> Any:
+    return mod("joblib").Memory(ctx.dir(), verbose=0).cache(ctx.counted(arg_rows))
+
+
+def _hashlib(name: str) -> Callable[[Any], Any]:
+    def digest(x: Any) -> bytes:
+        h = hashlib.new(name, usedforsecurity=False)
+        for buf in arg_buffers(x):
+            h.update(buf)
+        return h.digest()
+
+    return digest
+
+
+@adapter(ARG_WLS, "hashlib.blake2b(data)", role="ref")
+def _arg_blake2b(ctx: Ctx) -> Any:
+    return _keying(_hashlib("blake2b"))
+
+
+@adapter(ARG_WLS, "hashlib.md5(data)", role="ref")
+def _arg_md5(ctx: Ctx) -> Any:
+    return _keying(_hashlib("md5"))
+
+
+@adapter(ARG_WLS, "pickle.dumps(x, protocol=5)", role="ref", note="a copy: no hashing at all")
+def _arg_pickle(ctx: Ctx) -> Any:
+    return _keying(functools.partial(pickle.dumps, protocol=5))
+
+
+def _blake3(**options: Any) -> Callable[[Any], Any]:
+    blake3 = mod("blake3").blake3
+
+    def digest(x: Any) -> bytes:
+        h = blake3(**options)
+        for buf in arg_buffers(x):
+            h.update(buf)
+        return bytes(h.digest())
+
+    return digest
+
+
+@adapter(ARG_WLS, A_BLAKE3, role="ref", needs=("blake3",))
+def _arg_blake3(ctx: Ctx) -> Any:
+    return _keying(_blake3())
+
+
+@adapter(
+    ARG_WLS,
+    A_BLAKE3_MT,
+    role="ref",
+    needs=("blake3",),
+    note=f"threads: {os.cpu_count()} CPUs here",
+)
+def _arg_blake3_mt(ctx: Ctx) -> Any:
+    return _keying(_blake3(max_threads=mod("blake3").blake3.AUTO))
+
+
+@adapter(
+    "bigarg_frame",
+    "pandas.util.hash_pandas_object + md5",
+    role="ref",
+    note="pandas' own hashing: one uint64 per row, then md5 over them",
+)
+def _arg_pandas_hash(ctx: Ctx) -> Any:
+    hash_object = mod("pandas").util.hash_pandas_object
+
+    def digest(x: Any) -> bytes:
+        return hashlib.md5(hash_object(x).to_numpy(), usedforsecurity=False).digest()
+
+    return _keying(digest)
+
+
 # ---- ucache, disabled() and cache_refresh on the memory hit path ------------------------
 
-MEMORY_ENGINE = "cachebox"  # the first link of the memory chain (installed by the `all` extra)
 UC_MCACHE = "mcache (bare)"
 UC_UCACHE = "ucache (bare)"
 UC_DISABLED = "mcache after a disabled() block"
@@ -1518,6 +1788,11 @@ class SanityError(Exception):
     """The adapter did not behave as the workload assumes (e.g. a hit loop missed)."""
 
 
+class Skip(Exception):
+    """Raised by a factory: its row is skipped, with the message as its note (not an error:
+    e.g. twat_cache refuses the argument, ``REFUSED``, and the call would run uncached)."""
+
+
 @dataclass
 class Row:
     ad: Adapter
@@ -1622,7 +1897,7 @@ class Runner:
                 # a fallback (e.g. to memory) would time another engine under this name
                 raise SanityError(f"served by engine {row.engine or '?'!r}, not {ad.engine!r}")
             info = _cache_attr(subject, shape, "cache_info")
-            if ad.ours and info is None:
+            if ad.ours and ad.cached and info is None:
                 raise SanityError("no cache_info() on the decorated function")
             calls = max(1, int(self.calls * ad.scale))
             st = State(row, subject, timed, shape, info, calls, mode, ctx.paths, ctx.computed)
@@ -1644,6 +1919,9 @@ class Runner:
                 if not wl.same(got, wl.expect(probe)):
                     raise SanityError(f"wrong result for {probe!r}: {_short(got)}")
             return st
+        except Skip as e:
+            row.skipped = str(e)
+            return row
         except Exception as e:
             row.error = _err(e)
             return row
@@ -1718,6 +1996,9 @@ class Runner:
         wl = self.wl
         if wl.server and SERVER.url is None:
             return [Row(ad, skipped=f"skipped: {SERVER.reason}") for ad in wl.adapters]
+        missing = _missing(wl.needs)
+        if missing:
+            return [Row(ad, skipped=missing) for ad in wl.adapters]
         items = wl.items()
         rows: list[Row] = []
         states: list[State] = []
@@ -1793,6 +2074,8 @@ LIBS = [
     "joblib",
     "klepto",
     "numpy",
+    "pandas",
+    "blake3",
     "matplotlib",  # draws --chart; not a peer
 ]
 
@@ -1839,6 +2122,15 @@ def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}{TIMES}"
 
 
+def gbps_of(nbytes: int, ns: float | None) -> float | None:
+    """Throughput in GB/s (10**9 bytes per second) of `nbytes` handled in `ns`: bytes/ns."""
+    return None if not nbytes or not ns else nbytes / ns
+
+
+def _gbps(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 ROLE_ORDER = {"baseline": 0, "ours": 1, "peer": 2, "ref": 3}
 
 
@@ -1857,6 +2149,7 @@ def table(wl: Workload, rows: list[Row], rounds: int, calls: int) -> list[str]:
     w = max([len(r.ad.name) for r in rows] + [10])
     head, div = UNITS[wl.unit]
     each = f"{calls:,} calls" if calls > 1 else "one call"
+    gbps_head = f" {'GB/s':>6}" if wl.arg_bytes else ""
     out = [
         "",
         f"== {wl.name}: {wl.title}",
@@ -1864,7 +2157,7 @@ def table(wl: Workload, rows: list[Row], rounds: int, calls: int) -> list[str]:
         *(f"   {line}" for line in wl.notes),
         "   ratio column: median of per-round (paired) ratios to the baseline, "
         + " / ".join(bases),
-        f"   {'adapter':<{w}}  {'role':<8} {head:>9} {'min':>9} {'max':>9} "
+        f"   {'adapter':<{w}}  {'role':<8} {head:>9} {'min':>9} {'max':>9}{gbps_head} "
         f"{TIMES + ' base':>7}  engine / note",
     ]
     for row in rows:
@@ -1888,8 +2181,9 @@ def table(wl: Workload, rows: list[Row], rounds: int, calls: int) -> list[str]:
         med = row.median
         lo, hi, med = (None if v is None else v / div for v in (lo, hi, med))
         ratio = statistics.median(row.ratios.values()) if row.ratios else None
+        gbps = f" {_gbps(gbps_of(wl.arg_bytes, row.median)):>6}" if wl.arg_bytes else ""
         out.append(
-            f"   {ad.name:<{w}}  {role:<8} {_ns(med):>9} {_ns(lo):>9} {_ns(hi):>9} "
+            f"   {ad.name:<{w}}  {role:<8} {_ns(med):>9} {_ns(lo):>9} {_ns(hi):>9}{gbps} "
             f"{_x(ratio):>7}  {'; '.join(notes)}"
         )
     for c in comparisons(wl, rows):
@@ -1928,16 +2222,20 @@ def _pair(t: Target, o: float, x: float) -> float:
 def _figure(t: Target, v: float) -> str:
     if t.op == "add":
         return f"{v / 1e3:+,.2f} {MICRO}/call"
+    if t.op == "gbps":
+        return f"{v:.2f} GB/s"
     return f"{v:.2f}{TIMES}"
 
 
 def evaluate(wl: Workload, rows: list[Row], t: Target) -> dict[str, Any]:
     by = {r.ad.name: r for r in rows}
     ours, ref = by.get(t.ours), by.get(t.ref)
-    sym = "≥" if t.op == "ge" else "≤"
-    label = {"le": f"{t.ours} / {t.ref}", "ge": f"{t.ref} / {t.ours}"}.get(
-        t.op, f"{t.ours} - {t.ref}"
-    )
+    sym = "≥" if t.op in ("ge", "gbps") else "≤"
+    label = {
+        "le": f"{t.ours} / {t.ref}",
+        "ge": f"{t.ref} / {t.ours}",
+        "gbps": f"{t.ours}: GB/s of its {wl.arg_bytes / 2**20:g} MB argument",
+    }.get(t.op, f"{t.ours} - {t.ref}")
     res: dict[str, Any] = {
         "workload": wl.name,
         "label": label,
@@ -1949,12 +2247,16 @@ def evaluate(wl: Workload, rows: list[Row], t: Target) -> dict[str, Any]:
     res["engine"] = ours.engine if ours is not None else ""
     problem = None
     paired: list[float] = []
-    for who in (ref, ours):
+    for who in (ref, ours) if t.op != "gbps" else (ours,):
         if who is None:
             problem = "adapter not registered"
         elif who.skipped or who.error:
             problem = who.skipped.removeprefix("skipped: ") or f"error in {who.ad.name}"
-    if problem is None and ours is not None and ref is not None:
+    if problem is None and ours is not None and t.op == "gbps":
+        paired = [float(gbps_of(wl.arg_bytes, o) or 0.0) for o in ours.samples.values()]
+        if not paired:
+            problem = "no samples"
+    elif problem is None and ours is not None and ref is not None:
         for r, o in ours.samples.items():
             if r in ref.samples:
                 paired.append(_pair(t, o, ref.samples[r]))
@@ -1962,20 +2264,22 @@ def evaluate(wl: Workload, rows: list[Row], t: Target) -> dict[str, Any]:
             problem = "no paired samples"
     bound = _figure(t, t.bound)
     if problem is not None:
-        status = "ERROR" if (ours is not None and ours.error) else "SKIP"
+        # a key twat_cache refuses to build misses its target; a skipped peer is a SKIP
+        refused = ours is not None and ours.skipped.startswith(REFUSED)
+        status = "ERROR" if (ours is not None and ours.error) else "MISS" if refused else "SKIP"
         res.update(status=status, measured=None, note=problem)
         res["line"] = (
             f"TARGET {wl.name}: {label}  not measured (target {sym} {bound}) {status} ({problem})"
         )
         return res
     m = statistics.median(paired)
-    ok = m >= t.bound if t.op == "ge" else m <= t.bound
+    ok = m >= t.bound if t.op in ("ge", "gbps") else m <= t.bound
     status = "PASS" if ok else "MISS"
     res.update(status=status, measured=m, rounds=paired, min=min(paired), max=max(paired))
     res["line"] = (
         f"TARGET {wl.name}: {label}  measured {_figure(t, m)} (target {sym} {bound}) {status}"
-        f"   [rounds {_figure(t, min(paired))} .. {_figure(t, max(paired))}; "
-        f"engine {res['engine'] or '?'}]"
+        f"   [rounds {_figure(t, min(paired))} .. {_figure(t, max(paired))}"
+        + (f"; engine {res['engine'] or '?'}]" if ours is None or ours.ad.cached else "]")
     )
     return res
 
@@ -2223,7 +2527,7 @@ def _row_notes(row: dict[str, Any]) -> str:
 
 def _md_target(t: dict[str, Any]) -> str:
     fig = _FIGURES[t["op"]]
-    sym = "≥" if t["op"] == "ge" else "≤"
+    sym = "≥" if t["op"] in ("ge", "gbps") else "≤"
     if t["measured"] is None:
         measured, spread = f"not measured ({_md(t.get('note', ''))})", "-"
     else:
@@ -2240,6 +2544,7 @@ _FIGURES: dict[str, Callable[[float], str]] = {
     "le": lambda v: f"{v:.2f}{TIMES}",
     "ge": lambda v: f"{v:.2f}{TIMES}",
     "add": lambda v: f"{v / 1e3:+,.2f} {MICRO}",
+    "gbps": lambda v: f"{v:.2f} GB/s",
 }
 
 
@@ -2264,11 +2569,15 @@ def _md_workload(name: str, res: dict[str, Any]) -> list[str]:
         if len(bases) == 1
         else "the same round's time of the row named beside it"
     )
+    nbytes = res.get("arg_bytes") or 0
+    gbps_head, gbps_rule = (" GB/s |", "--:|") if nbytes else ("", "")
+    if nbytes:
+        out += [f"GB/s: the argument's {nbytes:,} bytes over the median time per call.", ""]
     out += [
         f"{TIMES} base: each round's time over {paired_with}, then the median over rounds.",
         "",
-        f"| adapter | role | {head} | min | max | {TIMES} base | engine / note |",
-        "|---|---|--:|--:|--:|--:|---|",
+        f"| adapter | role | {head} | min | max |{gbps_head} {TIMES} base | engine / note |",
+        f"|---|---|--:|--:|--:|{gbps_rule}--:|---|",
     ]
     for r in rows:
         role = r["role"] + (" (ours)" if r["ours"] and r["role"] not in ("ours",) else "")
@@ -2277,9 +2586,10 @@ def _md_workload(name: str, res: dict[str, Any]) -> list[str]:
             None if v is None else v / div for v in (r["median_ns"], r["min_ns"], r["max_ns"])
         )
         base = "" if len(bases) == 1 else f" ({_md(r['base'])})"
+        gbps = f" {_gbps(gbps_of(nbytes, r['median_ns']))} |" if nbytes else ""
         out.append(
-            f"| {name_cell} | {role} | {_ns(med)} | {_ns(lo)} | {_ns(hi)} "
-            f"| {_x(r['ratio_to_baseline'])}{base} | {_row_notes(r)} |"
+            f"| {name_cell} | {role} | {_ns(med)} | {_ns(lo)} | {_ns(hi)} |{gbps}"
+            f" {_x(r['ratio_to_baseline'])}{base} | {_row_notes(r)} |"
         )
     if res.get("paired"):
         out += ["", "Paired ratios (per round, then the median):", ""]
@@ -2470,6 +2780,7 @@ def report(wl: Workload, rows: list[Row], runner: Runner) -> dict[str, Any]:
         "notes": wl.notes,
         "baseline": wl.baseline,
         "unit": wl.unit,
+        "arg_bytes": wl.arg_bytes or None,
         "rounds": runner.rounds,
         "calls": runner.calls,
         "rows": [
@@ -2490,6 +2801,16 @@ def report(wl: Workload, rows: list[Row], runner: Runner) -> dict[str, Any]:
                 "min_ns": min(r.samples.values()) if r.samples else None,
                 "max_ns": max(r.samples.values()) if r.samples else None,
                 "ratio_to_baseline": statistics.median(r.ratios.values()) if r.ratios else None,
+                **(
+                    {
+                        "gbps": gbps_of(wl.arg_bytes, r.median),
+                        "gbps_per_round": [
+                            gbps_of(wl.arg_bytes, r.samples[k]) for k in sorted(r.samples)
+                        ],
+                    }
+                    if wl.arg_bytes
+                    else {}
+                ),
                 "ratios_per_round": [r.ratios[k] for k in sorted(r.ratios)],
             }
             for r in rows
@@ -2618,6 +2939,9 @@ def render(payload: dict[str, Any], cfg: argparse.Namespace, log: Callable[[str]
     ok = True
     for path, draw in ((cfg.chart, draw_chart), (cfg.markdown, write_page)):
         if not path:
+            continue
+        if draw is draw_chart and not chart_plan(payload)["groups"]:
+            log(f"not drawing {path}: no workload of the chart in this run (left as it was)")
             continue
         try:
             draw(payload, path)
