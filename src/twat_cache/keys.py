@@ -172,7 +172,10 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
         return unique if len(unique) == len(parts) else counted(parts)
 
     def ordered(value: Mapping[Any, Any]) -> Hashable:
-        return tuple((norm(k), norm(v)) for k, v in value.items())
+        parts = []
+        for k, v in value.items():
+            parts.append((k if type(k) in fast else norm(k), v if type(v) in fast else norm(v)))
+        return tuple(parts)
 
     def members(value: Any) -> Hashable:
         parts = list(map(norm, value))
