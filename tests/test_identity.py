@@ -867,3 +867,24 @@ def test_a_sync_wraps_wrapper_around_async_def_never_stores_a_coroutine() -> Non
         assert stored == 2
         assert calls == [1]
         assert cached.cache_info().hits == 1
+
+
+def test_a_class_based_wrapper_is_called_through_its_own_call() -> None:
+    # functools.update_wrapper copies the wrapped function's __dict__, a __signature__
+    # included (a twat-cache wrapper carries one): the instance's own __call__ decides.
+    class Percent:
+        def __init__(self, func: Callable[..., int]) -> None:
+            functools.update_wrapper(self, func)
+            self.func = func
+
+        def __call__(self, x: int, scale: int = 100) -> int:
+            return self.func(x, scale)
+
+    def scaled(x: int, scale: int = 1) -> int:
+        return x * scale
+
+    scaled.__signature__ = inspect.signature(scaled)  # type: ignore[attr-defined]
+    cached = mcache(Percent(scaled))
+    assert cached(2) == Percent(scaled)(2) == 200
+    assert cached(2, scale=3) == 6
+    assert cached.cache_info().misses == 2

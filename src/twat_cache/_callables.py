@@ -53,31 +53,30 @@ def is_generator(func: Callable[..., Any]) -> bool:
     )
 
 
-def _code_signature(func: types.FunctionType) -> inspect.Signature:
-    # A plain function's parameters as its code declares them. A `__signature__` or
-    # `__wrapped__` set on it (functools.wraps) describes another function, not what this
-    # one's code receives, so a bare copy without them is read.
-    bare = types.FunctionType(
-        func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
-    )
-    bare.__kwdefaults__ = func.__kwdefaults__
-    return inspect.signature(bare)
+def _bare(func: Any) -> Any:
+    """`func` rebuilt from what a call of it runs: its code, defaults and bound values,
+    without the `__signature__` or `__wrapped__` that `functools.wraps` copies onto it
+    (they describe another function, not what this one receives)."""
+    if isinstance(func, types.FunctionType):
+        bare = types.FunctionType(
+            func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
+        )
+        bare.__kwdefaults__ = func.__kwdefaults__
+        return bare
+    if isinstance(func, functools.partial):
+        return functools.partial(_bare(func.func), *func.args, **func.keywords)
+    if isinstance(func, types.MethodType):
+        return types.MethodType(_bare(func.__func__), func.__self__)
+    call = inspect.getattr_static(type(func), "__call__", None)  # a staticmethod stays one
+    if not isinstance(func, type) and isinstance(call, types.FunctionType):
+        return types.MethodType(_bare(call), func)  # an instance, through its class's __call__
+    return func
 
 
 def own_signature(func: Callable[..., Any]) -> inspect.Signature | None:
     """The parameters a call of `func` itself takes, or None when they cannot be known
     (a builtin without a text signature): the caller then passes everything through."""
     try:
-        if isinstance(func, types.FunctionType):
-            return _code_signature(func)
-        if isinstance(func, types.MethodType) and isinstance(func.__func__, types.FunctionType):
-            parameters = list(_code_signature(func.__func__).parameters.values())
-            if parameters and parameters[0].kind in (
-                inspect.Parameter.POSITIONAL_ONLY,
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            ):
-                parameters = parameters[1:]  # the bound instance
-            return inspect.Signature(parameters)
-        return inspect.signature(func, follow_wrapped=False)
+        return inspect.signature(_bare(func), follow_wrapped=False)
     except (TypeError, ValueError):
         return None
