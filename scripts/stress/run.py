@@ -5,12 +5,12 @@
                                            [--engines a,b] [--seed N] [--keep]
 
 Runs each scenario (integrity, crash, corruption, tampering, collisions, growth, outage,
-stampede, permissions) on every persistent engine it applies to (diskcache, joblib, klepto,
-redis; "memory" names the in-process rows of the collision and growth scenarios), each
-scenario in a child process of its own, against a fresh cache root. Real processes, real
-SIGKILL, real files and a real redis-server, which the harness starts on a free port when
-the `redis-server` binary is on PATH; without it the redis rows say "skipped: no
-redis-server", and under CI=true that fails the run.
+stampede, permissions, differential) on every persistent engine it applies to (diskcache,
+joblib, klepto, redis; "memory" names the in-process rows of the collision, growth and
+differential scenarios), each scenario in a child process of its own, against a fresh
+cache root. Real processes, real SIGKILL, real files and a real redis-server, which the
+harness starts on a free port when the `redis-server` binary is on PATH; without it the
+redis rows say "skipped: no redis-server", and under CI=true that fails the run.
 
 Prints one table (scenario, engine, figure, measured, target, PASS/MISS) and the runtime of
 each scenario; `--json` writes every figure with the machine and the versions. `--quick` is
@@ -54,9 +54,19 @@ SCENARIOS = (
     "outage",
     "stampede",
     "permissions",
+    "differential",
 )
 #: Scenarios that need the shared redis-server (outage starts servers of its own).
-_ON_SERVER = {"integrity", "crash", "corruption", "tampering", "growth", "stampede", "permissions"}
+_ON_SERVER = {
+    "integrity",
+    "crash",
+    "corruption",
+    "tampering",
+    "growth",
+    "stampede",
+    "permissions",
+    "differential",
+}
 #: Seconds one scenario may run before it is stopped and reported as failed.
 TIMEOUT = {"full": 4 * 3600.0, "quick": 120.0}
 NO_REDIS = "skipped: no redis-server"
