@@ -897,13 +897,20 @@ def test_unpicklable_objects_raise_key_build_error_naming_the_argument() -> None
 def test_module_level_functions_are_keyed_by_qualified_name() -> None:
     digest = stable_digest("ns", (module_function,))
     assert digest != stable_digest("ns", (other_module_function,))
-    # A different function object under the same module.qualname: the same key.
+    # A function object its module does not hold under that name (made at run time) is
+    # keyed by its code, not by the name it claims: the module's function is another one.
     twin = types.FunctionType(other_module_function.__code__, globals(), "module_function")
     twin.__qualname__ = module_function.__qualname__
     twin.__module__ = module_function.__module__
-    assert stable_digest("ns", (twin,)) == digest
-    twin.__qualname__ = "renamed_function"
     assert stable_digest("ns", (twin,)) != digest
+    # Keyed by what it is: the same name and the same code (both bodies are `return x`)
+    # make the same key in every process; another body another key.
+    clone = types.FunctionType(module_function.__code__, globals(), "module_function")
+    clone.__qualname__ = module_function.__qualname__
+    assert stable_digest("ns", (clone,)) == stable_digest("ns", (twin,))
+    other = types.FunctionType((lambda x: x + 1).__code__, globals(), "module_function")
+    other.__qualname__ = module_function.__qualname__
+    assert stable_digest("ns", (other,)) != stable_digest("ns", (twin,))
     assert stable_digest("ns", (Plain,)) != stable_digest("ns", (Box,))
 
 

@@ -39,29 +39,60 @@ def _ndarray(np: Any, value: Any, out: list[bytes], where: str, depth: int) -> N
     atom(b"s", _dtype_text(value.dtype).encode(), out)
     encode(tuple(value.shape), out, where, depth + 1)
     if value.dtype.hasobject:  # pointers: key the objects themselves
-        encode(np.asarray(value).ravel().tolist(), out, where, depth + 1)
+        _objects(np, np.asarray(value).ravel().tolist(), out, where, depth)
     else:
         buffer(b"a", _bytes_of(np, value), out)
 
 
+def _objects(np: Any, items: list[Any], out: list[bytes], where: str, depth: int) -> None:
+    # Python objects one by one; a column of str only (the common object column) as its
+    # lengths and its UTF-8 text, two buffers, which is several times faster.
+    if items and all(type(item) is str for item in items):
+        texts = [item.encode("utf-8", "surrogatepass") for item in items]
+        out.append(b"U")
+        buffer(b"a", np.fromiter(map(len, texts), dtype=np.uint64, count=len(texts)), out)
+        buffer(b"b", b"".join(texts), out)
+    else:
+        encode(items, out, where, depth + 1)
+
+
 def _values(np: Any, obj: Any, out: list[bytes], where: str, depth: int) -> None:
-    # The values of a Series or an Index, with their dtype.
+    # The values of a Series or an Index, with their dtype: numeric ones as one buffer,
+    # dates, periods, categories and nullable numbers through their integer or numeric
+    # arrays (the dtype's repr holds the unit and the timezone), other objects one by one.
     dtype = obj.dtype
     atom(b"s", repr(dtype).encode(), out)
+    if isinstance(dtype, np.dtype) and not dtype.hasobject:
+        _ndarray(np, obj.to_numpy(), out, where, depth)
+        return
+    array = obj.array
     categories = getattr(dtype, "categories", None)
     if categories is not None:  # repr may abridge the categories; the key must not
         _index(np, categories, out, where, depth)
         encode(bool(dtype.ordered), out, where, depth + 1)
-    if isinstance(dtype, np.dtype) and not dtype.hasobject:
-        _ndarray(np, obj.to_numpy(), out, where, depth)
+        _ndarray(np, np.asarray(array.codes), out, where, depth)
+    elif hasattr(array, "asi8"):  # datetimes (with a timezone), timedeltas, periods
+        _ndarray(np, np.asarray(array.asi8), out, where, depth)
+    elif getattr(dtype, "numpy_dtype", None) is not None and hasattr(array, "isna"):
+        # nullable numbers and booleans: the values with NA as zero, and where NA is
+        zero = dtype.numpy_dtype.type(0)
+        _ndarray(np, array.to_numpy(dtype=dtype.numpy_dtype, na_value=zero), out, where, depth)
+        _ndarray(np, np.asarray(array.isna()), out, where, depth)
     else:
-        encode(obj.to_numpy(dtype=object).tolist(), out, where, depth + 1)
+        _objects(np, obj.to_numpy(dtype=object).tolist(), out, where, depth)
 
 
 def _index(np: Any, index: Any, out: list[bytes], where: str, depth: int) -> None:
     out.append(b"X")
     qualified(type(index), out)
     encode(list(index.names), out, f"{where}.index names", depth + 1)
+    encode(getattr(index, "freqstr", None), out, f"{where}.freq", depth + 1)  # it prints
+    levels = getattr(index, "levels", None)
+    if levels is not None:  # a MultiIndex: its levels and the codes into them
+        for level, codes in zip(levels, index.codes, strict=True):
+            _index(np, level, out, where, depth + 1)
+            _ndarray(np, np.asarray(codes), out, where, depth)
+        return
     _values(np, index, out, where, depth)
 
 
@@ -78,12 +109,19 @@ def encode_array(value: Any, out: list[bytes], where: str, depth: int) -> bool:
     if pd is None:
         return False
     if isinstance(value, pd.DataFrame):
-        out.append(b"F")
+        dtypes = set(value.dtypes)
+        # Columns of one NumPy dtype (its one block): one buffer, however many columns.
+        single = len(dtypes) == 1 and isinstance(next(iter(dtypes)), np.dtype)
+        single = single and not next(iter(dtypes)).hasobject
+        out.append(b"W" if single else b"F")
         qualified(type(value), out)
         _index(np, value.columns, out, f"{where}.columns", depth)
         _index(np, value.index, out, f"{where}.index", depth)
-        for position in range(value.shape[1]):
-            _values(np, value.iloc[:, position], out, f"{where} column {position}", depth)
+        if single:  # the transpose is the block itself: C-contiguous, no copy
+            _ndarray(np, value.to_numpy().T, out, where, depth)
+        else:
+            for position in range(value.shape[1]):
+                _values(np, value.iloc[:, position], out, f"{where} column {position}", depth)
         encode(dict(value.attrs), out, f"{where}.attrs", depth + 1)
         return True
     if isinstance(value, pd.Series):

@@ -11,9 +11,9 @@ import functools
 import inspect
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["is_generator", "own_signature", "returns_coroutine"]
+__all__ = ["Parameters", "is_generator", "own_signature", "returns_coroutine", "wrapped_parameters"]
 
 
 def _innermost_partial(func: Any) -> Any:
@@ -80,3 +80,30 @@ def own_signature(func: Callable[..., Any]) -> inspect.Signature | None:
         return inspect.signature(_bare(func), follow_wrapped=False)
     except (TypeError, ValueError):
         return None
+
+
+class Parameters(NamedTuple):
+    """What the function under a `functools.wraps` wrapper takes."""
+
+    names: frozenset[str]
+    varkw: bool  # it takes **kwargs
+    self_first: bool  # its first parameter is a positional `self`: it is a method
+
+
+def wrapped_parameters(func: Callable[..., Any]) -> Parameters | None:
+    """The parameters of the function `func` wraps (`__wrapped__`, followed to its end), or
+    None when `func` wraps nothing or they cannot be known."""
+    if getattr(func, "__wrapped__", None) is None:
+        return None
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    first = parameters[0] if parameters else None
+    return Parameters(
+        names=frozenset(p.name for p in parameters),
+        varkw=any(p.kind is p.VAR_KEYWORD for p in parameters),
+        self_first=first is not None
+        and first.name == "self"
+        and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD),
+    )

@@ -6,13 +6,24 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from datetime import date, datetime, timedelta
+from datetime import time as clock
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from twat_cache._bypass import bypassed
 from twat_cache._report import FaultReporter
 from twat_cache.engines.base import MISS, capabilities_of, put_of
 
-__all__ = ["CallState", "in_thread"]
+__all__ = ["PLAIN_RESULTS", "CallState", "in_thread"]
+
+#: Result types stored without a look at them; any other result is checked out of line,
+#: since an awaitable or an iterator must never be stored (it can be consumed once).
+PLAIN_RESULTS: frozenset[type] = frozenset(
+    {int, float, complex, bool, str, bytes, bytearray, type(None), tuple, list, dict, set}
+    | {frozenset, Decimal, Fraction, datetime, date, clock, timedelta}
+)
 
 
 _INTERRUPTED: Any = object()
@@ -171,16 +182,23 @@ class CallState:
         self._fault("write", exc)
 
     def _refused(self, value: Any) -> bool:
-        # A coroutine (or other awaitable) returned by a sync callable can be awaited only
-        # once: it is reported once and never stored.
-        if not hasattr(type(value), "__await__"):
+        # A coroutine (or another awaitable) returned by a sync callable can be awaited only
+        # once, and an iterator (a generator) consumed once: reported once, never stored.
+        kind = type(value)
+        if hasattr(kind, "__await__"):
+            advice = (
+                "decorate the async def itself (an async __call__ or a partial of an "
+                "async def are recognized)"
+            )
+        elif hasattr(kind, "__next__"):
+            advice = "cache a function returning a list instead"
+        else:
             return False
         self.reporter.report(
             "store a result",
             TypeError(
-                f"the function returned an awaitable {type(value).__name__}, returned to the "
-                "caller uncached; decorate the async def itself (an async __call__ or a "
-                "partial of an async def are recognized)"
+                f"the function returned {kind.__name__} object, which can be consumed "
+                f"once: returned to the caller uncached; {advice}"
             ),
         )
         return True
@@ -224,8 +242,8 @@ class CallState:
 
     def hand_over(self, key: Any, value: Any, error: BaseException | None) -> None:
         """Give a finished flight's outcome to the threads waiting for it."""
-        if hasattr(type(value), "__await__"):  # one coroutine is awaited once: each computes
-            value, error = _INTERRUPTED, None
+        if type(value) not in PLAIN_RESULTS and self._refused(value):
+            value, error = _INTERRUPTED, None  # consumed once: each waiter computes its own
         with self.wakeup:
             outcome = self.waiting.pop(key, None)
             if outcome is not None:

@@ -18,7 +18,7 @@ import pickle
 import struct
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
-from types import MethodType, ModuleType
+from types import MappingProxyType, MethodType, ModuleType
 from typing import Any
 
 from blake3 import blake3
@@ -27,6 +27,8 @@ from twat_cache.exceptions import KeyBuildError
 
 __all__ = [
     "KEY_VERSION",
+    "MAX_DEPTH",
+    "NestingError",
     "atom",
     "buffer",
     "content_digest",
@@ -51,7 +53,7 @@ MAX_DEPTH = 200
 #: Mappings whose equality ignores order; any other mapping is encoded in its order.
 _UNORDERED_EQ = {dict.__eq__, Mapping.__eq__}
 _SEQUENCE_TAGS = {tuple: b"T", list: b"L"}
-_EXACT = {tuple, list, dict, set, frozenset}
+_EXACT = {tuple, list, dict, set, frozenset, MappingProxyType}
 
 
 def atom(tag: bytes, payload: bytes, out: list[bytes]) -> None:
@@ -78,10 +80,14 @@ def qualified(cls: type, out: list[bytes]) -> None:
     atom(b"t", f"{cls.__module__}.{cls.__qualname__}".encode(), out)
 
 
+class NestingError(KeyBuildError):
+    """A value nested deeper than `MAX_DEPTH` (almost always one that contains itself)."""
+
+
 def encode(value: Any, out: list[bytes], where: str, depth: int = 0) -> None:
     """Append the canonical bytes of `value`; `where` names it in error messages."""
     if depth > MAX_DEPTH:
-        raise KeyBuildError(f"argument {where} is nested too deeply (or refers to itself)")
+        raise NestingError(f"argument {where} is nested too deeply (or refers to itself)")
     cls = type(value)
     tag = _ATOMS.get(cls)
     if tag is not None:
@@ -201,15 +207,12 @@ def _callable_or_object(value: Any, out: list[bytes], where: str, depth: int) ->
     if isinstance(value, ModuleType):
         atom(b"D", value.__name__.encode(), out)
         return
-    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
-        qualname = value.__qualname__
-        if "<lambda>" in qualname or "<locals>" in qualname:
-            # No global name: a local function or class is keyed by what it is (its code,
-            # its captured values), the same in every process that builds it alike.
-            _identity().encode_local(value, out, where, depth)
-            return
-        module = getattr(value, "__module__", None) or "?"
-        atom(b"G", f"{module}.{qualname}".encode(), out)
+    if isinstance(value, type) or (
+        callable(value) and isinstance(getattr(value, "__qualname__", None), str)
+    ):
+        # By its global name, or (a lambda, a closure, a class a function made) by what it
+        # is: its code and captured values, the same in every process that builds it alike.
+        _identity().encode_callable(value, out, where, depth)
         return
     encode_reduced(value, out, where, depth)
 

@@ -17,20 +17,19 @@ from collections.abc import Callable
 from typing import Any
 
 from twat_cache._bypass import track
-from twat_cache._callables import own_signature
-from twat_cache._flight import CallState, in_thread
+from twat_cache._callables import own_signature, wrapped_parameters
+from twat_cache._flight import PLAIN_RESULTS, CallState, in_thread
 from twat_cache._report import WRAPPER_FILENAME_PREFIX
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import MISS, Capabilities, capabilities_of, engine_name, put_of
 from twat_cache.exceptions import ConfigurationError, EngineError
-from twat_cache.identity import describe, namespace
+from twat_cache.identity import describe, key_builder
 from twat_cache.keys import (
     FAST_TYPES,
     IDENTITY_CLASSES,
     make_normalizer,
     self_key,
-    stable_key_builder,
 )
 
 __all__ = ["tier_config", "wrap", "wrap_tiered"]
@@ -58,10 +57,10 @@ _COMPUTE_AND_STORE = """
 __twat_misses += 1
 __twat_v = __twat_func({call})
 try:
-    if __twat_hasattr(__twat_v, "__await__"):  # a coroutine: never stored (out of line)
-        __twat_state.store(__twat_k, __twat_v)
-    else:
+    if __twat_type(__twat_v) in __twat_PLAIN:
         __twat_put(__twat_k, __twat_v)
+    else:  # out of line: a coroutine or an iterator (consumed once) is never stored
+        __twat_state.store(__twat_k, __twat_v)
 except __twat_Exception as __twat_e:
     __twat_state.write_fault(__twat_e)"""
 
@@ -152,6 +151,7 @@ class _Plan:
         self.varargs: str | None = None
         self.varkw: str | None = None
         self.single = False  # the key is one fixed parameter's part, not a tuple
+        self.self_first = False  # *args of a method's wrapper: args[0] is the instance
         self.namespace: dict[str, Any] = {}
 
 
@@ -184,12 +184,19 @@ def _plan(func: Callable[..., Any], config: CacheConfig) -> _Plan:
     names = {p.name for p in params}
     unknown = ignore - names
     has_varkw = any(p.kind is p.VAR_KEYWORD for p in params)
-    if unknown and not has_varkw:
+    # Behind a wrapper taking *args/**kwargs, the wrapped function's parameters name what
+    # the wrapper receives: `ignore=` is checked against them, and a first `self` there
+    # makes the first positional argument an instance, keyed by identity.
+    inner = wrapped_parameters(func)
+    if unknown and (
+        not has_varkw or (inner is not None and not inner.varkw and unknown - inner.names)
+    ):
         raise ConfigurationError(
             f"ignore names {sorted(unknown)}, which are not parameters of "
             f"{describe(func)}{signature}"
         )
     plan.namespace["__twat_kwignore"] = frozenset(unknown)
+    plan.self_first = inner is not None and inner.self_first
 
     star_written = False
     for index, p in enumerate(params):
@@ -206,6 +213,7 @@ def _plan(func: Callable[..., Any], config: CacheConfig) -> _Plan:
             star_written = True
             if name not in ignore:
                 plan.varargs = name
+                plan.self_first = plan.self_first and index == 0
         elif p.kind is p.VAR_KEYWORD:
             plan.params.append(f"**{name}")
             plan.call.append(f"**{name}")
@@ -250,7 +258,10 @@ def _key_source(plan: _Plan, config: CacheConfig, stable: bool) -> str:
         return plan.key_parts[0]
     parts = [*plan.key_parts]
     if plan.varargs:
-        parts.append(f"*__twat_map(__twat_n, {plan.varargs})")
+        if plan.self_first:
+            parts.append(f"*__twat_selfargs({plan.varargs})")
+        else:
+            parts.append(f"*__twat_map(__twat_n, {plan.varargs})")
     if plan.varkw:
         parts.append(f"__twat_kwkey({plan.varkw})")
     if not parts:
@@ -278,9 +289,6 @@ def wrap(
     norm = make_normalizer(config.typed)
     fast = FAST_TYPES if config.typed else FAST_TYPES | {float, bool}
     kwignore = plan.namespace["__twat_kwignore"]
-    # What tells this function's entries apart in a store shared with other functions and
-    # processes (identity.py); an in-process engine serves this function alone.
-    namespace_id = namespace(func, config.version) if stable else describe(func)
 
     def kwfilter(kwargs: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in kwargs.items() if k not in kwignore}
@@ -288,13 +296,20 @@ def wrap(
     def kwkey(kwargs: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(sorted((k, norm(v)) for k, v in kwargs.items() if k not in kwignore))
 
-    stable_key = stable_key_builder(namespace_id, tuple(plan.key_names))
+    def selfargs(args: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not args:
+            return ()
+        return (self_key(args[0]), *map(norm, args[1:]))
+
+    # What tells this function's entries apart in a store shared with other functions and
+    # processes (identity.py); an in-process engine serves this function alone.
+    stable_key = key_builder(func, config.version, tuple(plan.key_names)) if stable else None
 
     user_key = config.key
 
     def userkey(*args: Any, **kwargs: Any) -> Any:
         key = user_key(*args, **kwargs)  # type: ignore[misc]  # checked not None above
-        if stable:
+        if stable_key is not None:
             return stable_key((key,), None)
         return key if type(key) in fast else norm(key)
 
@@ -303,7 +318,7 @@ def wrap(
         # `type` or `map` must not change what the key code calls.
         __twat_type=type,
         __twat_map=map,
-        __twat_hasattr=hasattr,
+        __twat_PLAIN=PLAIN_RESULTS,
         __twat_Exception=Exception,
         __twat_BaseException=BaseException,
         __twat_func=func,
@@ -320,6 +335,7 @@ def wrap(
         __twat_self=self_key,
         __twat_kwkey=kwkey,
         __twat_kwfilter=kwfilter,
+        __twat_selfargs=selfargs,
         __twat_stable=stable_key,
         __twat_userkey=userkey,
     )
@@ -349,7 +365,12 @@ def wrap(
         else "",
     )
     func_name = getattr(func, "__name__", "")
-    if not func_name.isidentifier() or keyword.iskeyword(func_name) or func_name.startswith(_P):
+    if (
+        not isinstance(func_name, str)
+        or not func_name.isidentifier()
+        or keyword.iskeyword(func_name)
+        or func_name.startswith(_P)
+    ):
         func_name = "cached"
     if any(p.lstrip("*").split("=")[0] == func_name for p in plan.params):
         func_name = f"{_P}wrapper"
@@ -361,10 +382,13 @@ def wrap(
         key=key,
     )
     scope: dict[str, Any] = dict(plan.namespace)
-    filename = f"{WRAPPER_FILENAME_PREFIX}{namespace_id}>"
+    filename = f"{WRAPPER_FILENAME_PREFIX}{describe(func)}>"
     exec(compile(source, filename, "exec"), scope)  # source built above from parameter names only
     wrapper, key_of, counts = scope["__twat_factory"]()
-    functools.update_wrapper(wrapper, func)
+    try:
+        functools.update_wrapper(wrapper, func)
+    except TypeError:  # a callable answering every attribute, `__name__` with a number
+        wrapper.__wrapped__ = func
     signature = _resolved_signature(func)
     if signature is not None:
         wrapper.__signature__ = signature

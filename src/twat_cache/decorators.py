@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable
@@ -137,6 +138,13 @@ def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> 
         )
     is_async = returns_coroutine(func)
     if kind == "async" and not is_async:
+        inner = inspect.unwrap(func, stop=lambda f: not callable(f))
+        if returns_coroutine(inner):
+            raise ConfigurationError(
+                f"@{decorator} caches async def functions; {describe(func)} is a plain def "
+                f"wrapping the async def {describe(inner)}: put the cache on the async def "
+                "itself, under the wrapper, or make the wrapper async def"
+            )
         raise ConfigurationError(
             f"@{decorator} caches async def functions; {describe(func)} is not one "
             "(use @mcache for a sync function)"

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import pickle
-from collections import Counter, OrderedDict, defaultdict, deque
+from collections import ChainMap, Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping
 from datetime import datetime, time, timezone
 from decimal import Decimal
 from pathlib import PosixPath, PurePath, PurePosixPath, PureWindowsPath, WindowsPath
+from types import MappingProxyType
 from typing import Any
 
 from twat_cache._stable import KEY_VERSION, stable_digest, stable_key_builder
@@ -206,6 +207,9 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
         time: _moment,
         timezone: _tz_part,
         range: lambda v: (range, v.start, v.stop, v.step),
+        # Equal to the merged mapping, yet it prints (and writes to) its maps one by one.
+        ChainMap: lambda v: (ChainMap, tuple(map(norm, v.maps))),
+        MappingProxyType: lambda v: (MappingProxyType, ordered(v)),
         bytearray: lambda v: (bytearray, bytes(v)),
         memoryview: lambda v: (memoryview, v.format, v.shape, v.tobytes()),
         PurePosixPath: lambda v: (type(v), str(v)),  # str, not ==: Windows paths ignore case
@@ -262,6 +266,8 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
                 part: Hashable = _arrays().memory_part(value, norm)
                 if part is not None:
                     return part
+        if typed and isinstance(value, complex):
+            return (cls, (value.real.hex(), value.imag.hex()))
         if isinstance(value, datetime | time):  # pandas.Timestamp among others
             return _moment(value)
         if isinstance(value, PurePath):
