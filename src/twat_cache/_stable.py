@@ -21,8 +21,6 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType, MethodType, ModuleType
 from typing import Any
 
-from blake3 import blake3
-
 from twat_cache.exceptions import KeyBuildError
 
 __all__ = [
@@ -70,6 +68,8 @@ def buffer(tag: bytes, data: Any, out: list[bytes]) -> None:
     if size < BIG:
         atom(tag, bytes(data), out)
         return
+    from blake3 import blake3  # on first use: most programs never key a large buffer
+
     out.append(b"#" + tag)
     out.append(_LEN.pack(size))
     out.append(blake3(data).digest())
@@ -316,6 +316,8 @@ def stable_digest(
 def content_digest(value: Any, where: str = "argument") -> bytes:
     """A 256-bit digest of `value`'s canonical encoding: the in-process key of values whose
     content is large (arrays, data frames)."""
+    from blake3 import blake3
+
     out: list[bytes] = []
     encode(value, out, where, 0)
     return blake3(b"".join(out)).digest()

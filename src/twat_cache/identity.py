@@ -29,7 +29,6 @@ belongs in its arguments.
 from __future__ import annotations
 
 import bisect
-import dis
 import functools
 import hashlib
 import os
@@ -58,7 +57,6 @@ _MAIN = ("__main__", "__mp_main__")  # a script, and the same script in a spawne
 # Code flags that change what a call does; the others (CO_NESTED, CO_NOFREE...) say where
 # the function was written.
 _FLAGS = 0x04 | 0x08 | 0x20 | 0x80 | 0x100 | 0x200  # varargs, varkw, (async) generator...
-_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs) | frozenset(getattr(dis, "hasjump", ()))
 #: Instructions that do nothing (line-number placeholders): left out, so that a function
 #: reformatted without changing what it does keeps its identity.
 _SKIPPED_OPS = frozenset({"NOP", "CACHE", "EXTENDED_ARG"})
@@ -319,13 +317,16 @@ def _code_bytes(code: types.CodeType) -> bytes:
         code.co_cellvars,
     )
     encode(header, out, "code")
+    import dis  # on first use: only persistent caches identify functions
+
+    jumps = {*dis.hasjrel, *dis.hasjabs, *getattr(dis, "hasjump", ())}
     kept = [i for i in dis.get_instructions(code) if i.opname not in _SKIPPED_OPS]
     offsets = [i.offset for i in kept]
     out.append(len(kept).to_bytes(4, "big"))
     for instruction in kept:
         atom(b"\x01o", instruction.opname.encode(), out)
         argument = instruction.argval
-        if instruction.opcode in _JUMPS and isinstance(argument, int):
+        if instruction.opcode in jumps and isinstance(argument, int):
             # Jump targets by instruction index: offsets move when placeholders do.
             encode(bisect.bisect_left(offsets, argument), out, "code")
         elif isinstance(argument, types.CodeType):
