@@ -87,11 +87,11 @@ def _index(np: Any, index: Any, out: list[bytes], where: str, depth: int) -> Non
     qualified(type(index), out)
     encode(list(index.names), out, f"{where}.index names", depth + 1)
     encode(getattr(index, "freqstr", None), out, f"{where}.freq", depth + 1)  # it prints
-    levels = getattr(index, "levels", None)
-    if levels is not None:  # a MultiIndex: its levels and the codes into them
-        for level, codes in zip(levels, index.codes, strict=True):
-            _index(np, level, out, where, depth + 1)
-            _ndarray(np, np.asarray(codes), out, where, depth)
+    if getattr(index, "levels", None) is not None:
+        # A MultiIndex: the values of each level, row by row (not its levels and codes,
+        # which differ between equal indexes: unused levels, levels in another order).
+        for level in range(index.nlevels):
+            _values(np, index.get_level_values(level), out, where, depth)
         return
     _values(np, index, out, where, depth)
 

@@ -28,7 +28,8 @@ def _call_method(func: Any) -> Any:
     func = _innermost_partial(func)
     if isinstance(func, type):
         return None
-    if isinstance(func, types.FunctionType | types.MethodType | types.BuiltinFunctionType):
+    # type(), not isinstance(): a proxy (wrapt) claims its wrapped function's __class__.
+    if type(func) in (types.FunctionType, types.MethodType, types.BuiltinFunctionType):
         return func
     return type(func).__call__ if callable(func) else None
 
@@ -57,18 +58,18 @@ def _bare(func: Any) -> Any:
     """`func` rebuilt from what a call of it runs: its code, defaults and bound values,
     without the `__signature__` or `__wrapped__` that `functools.wraps` copies onto it
     (they describe another function, not what this one receives)."""
-    if isinstance(func, types.FunctionType):
+    if type(func) is types.FunctionType:  # not a proxy claiming to be one
         bare = types.FunctionType(
             func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
         )
         bare.__kwdefaults__ = func.__kwdefaults__
         return bare
-    if isinstance(func, functools.partial):
+    if issubclass(type(func), functools.partial):
         return functools.partial(_bare(func.func), *func.args, **func.keywords)
-    if isinstance(func, types.MethodType):
+    if type(func) is types.MethodType:
         return types.MethodType(_bare(func.__func__), func.__self__)
     call = inspect.getattr_static(type(func), "__call__", None)  # a staticmethod stays one
-    if not isinstance(func, type) and isinstance(call, types.FunctionType):
+    if not isinstance(func, type) and type(call) is types.FunctionType:
         return types.MethodType(_bare(call), func)  # an instance, through its class's __call__
     return func
 

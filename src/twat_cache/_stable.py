@@ -158,6 +158,10 @@ def _sequence(value: Any, out: list[bytes], where: str, depth: int) -> None:
 
 def _mapping(value: Mapping[Any, Any], out: list[bytes], where: str, depth: int) -> None:
     cls = type(value)
+    if isinstance(value, MappingProxyType):  # read-only view: keyed as the mapping it shows
+        out.append(b"V")
+        encode(value.copy(), out, where, depth + 1)
+        return
     items = [
         _encoded(k, f"{where} key", depth) + _encoded(v, f"{where}[{k!r}]", depth)
         for k, v in value.items()

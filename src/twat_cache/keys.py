@@ -209,7 +209,7 @@ def make_normalizer(typed: bool = True) -> Callable[[Any], Hashable]:
         range: lambda v: (range, v.start, v.stop, v.step),
         # Equal to the merged mapping, yet it prints (and writes to) its maps one by one.
         ChainMap: lambda v: (ChainMap, tuple(map(norm, v.maps))),
-        MappingProxyType: lambda v: (MappingProxyType, ordered(v)),
+        MappingProxyType: lambda v: (MappingProxyType, norm(v.copy())),  # as what it shows
         bytearray: lambda v: (bytearray, bytes(v)),
         memoryview: lambda v: (memoryview, v.format, v.shape, v.tobytes()),
         PurePosixPath: lambda v: (type(v), str(v)),  # str, not ==: Windows paths ignore case
