@@ -1,0 +1,546 @@
+"""Function identity at its edges: scripts under runners, spawned workers and symlinks,
+closures whose cells are bound late, classes made by functions, object proxies, callables
+answering every attribute, captured values that count by their type, and `version=`
+next to captured callbacks (issue 12, from a hostile review)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import twat_cache
+from twat_cache import bcache, fcache, mcache, ucache
+from twat_cache.exceptions import ConfigurationError
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+@pytest.fixture(
+    params=["bcache", "fcache", pytest.param("redis", marks=pytest.mark.redis)],
+)
+def persist(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """`persist(folder_name, **options)`: bcache, fcache, or ucache on a real Redis server;
+    every store it opened is closed at teardown."""
+    kind: str = request.param
+    url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    opened: list[Any] = []
+
+    def decorator(folder_name: str, **options: Any) -> Callable[[Any], Any]:
+        if kind == "redis":
+            base = ucache(folder_name, url=url, **options)
+        elif kind == "fcache":
+            base = fcache(folder_name, **options)
+        else:
+            base = bcache(folder_name, **options)
+
+        def apply(func: Any) -> Any:
+            cached = base(func)
+            opened.append(cached.cache_engine)
+            return cached
+
+        return apply
+
+    yield decorator
+    for store in reversed(opened):
+        store.close()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    # The cache root (conftest) and PYTHONPATH are inherited: a run against another source
+    # tree (PYTHONPATH=/other/src) reaches the subprocesses too.
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **extra}
+
+
+def run(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """Run a fresh interpreter and decode the JSON line it prints last."""
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env or _env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- 01, 02: a script under a runner or in a spawned worker ---------------------------------
+
+#: A script whose `load` returns its own label; it prints [value, computations]. With
+#: --spawn, `load` runs in a spawned worker, where the script is `__mp_main__`.
+LOADER = """
+import json
+import multiprocessing
+import sys
+
+from twat_cache import bcache
+
+LABEL = {label!r}
+calls = []
+
+
+@bcache("data")
+def load(name):
+    calls.append(name)
+    return LABEL + " data for " + name
+
+
+def work(name):
+    return load(name), len(calls)
+
+
+if __name__ == "__main__" and "--spawn" in sys.argv:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        print(json.dumps(pool.apply(work, ("x",))))
+elif __name__ != "__mp_main__":  # run directly, by a profiler, or by runpy ("<run_path>")
+    print(json.dumps(work("x")))
+"""
+
+#: Where twat_cache is imported from (the source tree under test).
+LIBRARY_ROOT = str(Path(twat_cache.__file__).resolve().parents[1])
+
+RUNNERS: dict[str, Callable[[str, Path], list[str]]] = {
+    "cProfile": lambda s, tmp: [sys.executable, "-m", "cProfile", "-o", os.devnull, s],
+    # Tracing only the script: the interpreter's and the library's files are left alone.
+    "trace": lambda s, tmp: [
+        sys.executable,
+        "-m",
+        "trace",
+        "--count",
+        "-C",
+        str(tmp),
+        f"--ignore-dir={os.pathsep.join([sys.prefix, sys.base_prefix, LIBRARY_ROOT])}",
+        s,
+    ],
+    "runpy.run_path": lambda s, tmp: [
+        sys.executable,
+        "-c",
+        f"import runpy; runpy.run_path({s!r})",
+    ],
+    "spawn-worker": lambda s, tmp: [sys.executable, s, "--spawn"],
+}
+
+
+@pytest.mark.parametrize("runner", list(RUNNERS))
+def test_two_scripts_under_a_runner_never_share_and_hit_their_own_entries(
+    tmp_path: Path, runner: str
+) -> None:
+    scripts = {}
+    for label in ("train", "evaluate"):
+        scripts[label] = tmp_path / f"{label}.py"
+        scripts[label].write_text(LOADER.format(label=label.upper()))
+    argv = RUNNERS[runner]
+    train = run(argv(str(scripts["train"]), tmp_path), cwd=tmp_path)
+    assert train == ["TRAIN data for x", 1]
+    evaluate = run(argv(str(scripts["evaluate"]), tmp_path), cwd=tmp_path)
+    assert evaluate == ["EVALUATE data for x", 1], f"under {runner}: train.py's entry returned"
+    again = run(argv(str(scripts["train"]), tmp_path), cwd=tmp_path)
+    assert again == ["TRAIN data for x", 0], f"under {runner}: train.py missed its own entry"
+    # The same script run directly is the same function: it finds what the runner stored.
+    direct = run([sys.executable, str(scripts["train"])], cwd=tmp_path)
+    assert direct == ["TRAIN data for x", 0], f"a direct run missed what {runner} stored"
+
+
+PARENT_FILLS = """
+import json
+import multiprocessing
+
+from twat_cache import bcache
+
+calls = []
+
+
+@bcache("work")
+def slow(x):
+    calls.append(x)
+    return x * 2
+
+
+def in_worker(x):
+    return slow(x), len(calls)
+
+
+if __name__ == "__main__":
+    slow(21)  # the parent stores the entry
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        print(json.dumps(pool.apply(in_worker, (21,))))
+"""
+
+
+def test_a_spawned_worker_reads_its_parents_entry(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(PARENT_FILLS)
+    value, worker_calls = run([sys.executable, str(script)], cwd=tmp_path)
+    assert value == 42
+    assert worker_calls == 0, "the spawned worker (__mp_main__) missed its parent's entry"
+
+
+# --- 08, 18: a script's functions as arguments; a script through a symlink -----------------
+
+LIBRARY = """
+from twat_cache import bcache
+
+
+@bcache("apply")
+def apply(fn, x):
+    return fn(x)
+"""
+
+CALLER = """
+import json
+
+from lib import apply
+
+
+def transform(x):
+    return x * {k}
+
+
+print(json.dumps(apply(transform, 10)))
+"""
+
+
+def test_a_scripts_function_passed_to_a_cached_library_function(tmp_path: Path) -> None:
+    (tmp_path / "lib.py").write_text(LIBRARY)
+    (tmp_path / "train.py").write_text(CALLER.format(k=2))
+    (tmp_path / "evaluate.py").write_text(CALLER.format(k=3))
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = _env(PYTHONPATH=path)
+    results = [
+        run([sys.executable, str(tmp_path / name)], cwd=tmp_path, env=env)
+        for name in ("train.py", "evaluate.py")
+    ]
+    assert results == [20, 30], "evaluate.py's transform got train.py's entry"
+
+
+SYMLINKED = """
+import json
+
+from twat_cache import bcache
+
+calls = []
+
+
+@bcache("sym")
+def load(name):
+    calls.append(name)
+    return name * 2
+
+
+print(json.dumps([load("x"), len(calls)]))
+"""
+
+
+def test_a_script_run_through_a_symlink_hits_the_direct_runs_entries(tmp_path: Path) -> None:
+    real = tmp_path / "project" / "train.py"
+    real.parent.mkdir()
+    real.write_text(SYMLINKED)
+    link = tmp_path / "bin" / "train"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    assert run([sys.executable, str(real)], cwd=tmp_path) == ["xx", 1]
+    assert run([sys.executable, str(link)], cwd=tmp_path) == ["xx", 0], "the symlink missed"
+
+
+# --- 03: closure cells bound after the decorated def ---------------------------------------
+
+
+def make_helper_below(decorate: Callable[[Any], Any], k: int) -> Any:
+    @decorate
+    def price(x: int) -> int:
+        return helper(x)
+
+    def helper(x: int) -> int:  # defined after price: price's cell is empty when decorated
+        return x * k
+
+    return price
+
+
+def make_assigned_below(decorate: Callable[[Any], Any], rate: int) -> Any:
+    @decorate
+    def convert(x: int) -> int:
+        return x * factor
+
+    factor = rate  # bound after the def
+    return convert
+
+
+class Model:
+    """A bound method cached in `__init__` before the attributes it reads are set."""
+
+    def __init__(self, decorate: Callable[[Any], Any], scale: int) -> None:
+        self.predict = decorate(self._predict)
+        self.scale = scale
+
+    def _predict(self, x: int) -> int:
+        return x * self.scale
+
+
+LATE = {
+    "helper-below": make_helper_below,
+    "assigned-below": make_assigned_below,
+    "method-in-init": Model,
+}
+
+
+@pytest.mark.parametrize("make", list(LATE.values()), ids=list(LATE))
+def test_late_bound_closure_cells_never_share_entries(
+    persist: Callable[..., Any], make: Callable[..., Any]
+) -> None:
+    first = make(persist("late"), 2)
+    second = make(persist("late"), 3)
+
+    def call(made: Any) -> int:
+        return int(made.predict(10) if isinstance(made, Model) else made(10))
+
+    assert (call(first), call(second)) == (20, 30)
+    assert (call(first), call(second)) == (20, 30)
+    again = make(persist("late"), 3)  # the same closure made again shares its entries
+    assert call(again) == 30
+    cached = again.predict if isinstance(again, Model) else again
+    assert cached.cache_info().hits == 1
+
+
+# --- 04: classes made inside a function ----------------------------------------------------
+
+
+def local_init(k: int) -> Any:
+    class Point:
+        def __init__(self, x: int) -> None:
+            self.x = x * k
+
+    def get(x: int) -> int:
+        return Point(x).x
+
+    return get
+
+
+def local_dunder(k: int) -> Any:
+    class Adder:
+        def __add__(self, other: int) -> int:
+            return other + k
+
+    adder = Adder()
+
+    def get(x: int) -> int:
+        return adder + x
+
+    return get
+
+
+def with_type(k: int) -> Any:
+    made = type("K", (), {"k": k})
+
+    def get(x: int) -> int:
+        return int(made.k) + x
+
+    return get
+
+
+def with_namedtuple(k: int) -> Any:
+    pair = collections.namedtuple("pair", "x y", defaults=(k,))
+
+    def get(x: int) -> int:
+        return int(pair(x).y)
+
+    return get
+
+
+def with_make_dataclass(k: int) -> Any:
+    made = dataclasses.make_dataclass("D", [("a", int, dataclasses.field(default=k))])
+
+    def get(x: int) -> int:
+        return int(made().a) + x
+
+    return get
+
+
+CLASS_FACTORIES = [local_init, local_dunder, with_type, with_namedtuple, with_make_dataclass]
+
+
+@pytest.mark.parametrize("factory", CLASS_FACTORIES, ids=lambda f: f.__name__)
+def test_classes_made_inside_a_function_tell_closures_apart(
+    factory: Callable[[int], Any],
+) -> None:
+    plain = [factory(2), factory(3)]
+    expected = [f(5) for f in plain]
+    assert expected[0] != expected[1]
+    cached = [bcache("classes")(factory(2)), bcache("classes")(factory(3))]
+    assert [f(5) for f in cached] == expected
+    assert [f(5) for f in cached] == expected
+    assert [f.cache_info().hits for f in cached] == [1, 1]
+
+
+# --- 06: an object proxy claiming to be a function ------------------------------------------
+
+
+class FunctionProxy:
+    """A minimal object proxy built as wrapt's ObjectProxy is: it reports the wrapped
+    function's class (so `isinstance(proxy, FunctionType)` is true), forwards every other
+    attribute (its `__code__` and `__defaults__` are the wrapped function's), and compares
+    and hashes as the wrapped function. Its own `__call__` decides what a call does."""
+
+    def __init__(self, wrapped: Callable[..., Any]) -> None:
+        object.__setattr__(self, "__wrapped__", wrapped)
+
+    @property  # type: ignore[misc]  # a proxy lies about its class on purpose
+    def __class__(self) -> type:
+        return type(self.__wrapped__)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__wrapped__, name)
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.__wrapped__ == other)
+
+    def __hash__(self) -> int:
+        return hash(self.__wrapped__)
+
+
+class Percent(FunctionProxy):
+    """A proxy supplying its own default for the wrapped function's `scale`."""
+
+    def __call__(self, x: int, scale: int = 100) -> int:
+        return int(self.__wrapped__(x, scale=scale))
+
+
+class Negated(FunctionProxy):
+    """A proxy negating what the wrapped function returns; picklable by its parts."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> int:
+        return -int(self.__wrapped__(*args, **kwargs))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.__wrapped__,))
+
+
+class OpaqueNegated(Negated):
+    """As wrapt's proxies: refuses to be pickled."""
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise NotImplementedError("object proxy must define __reduce__()")
+
+
+def scaled(x: int, scale: int = 1) -> int:
+    return x * scale
+
+
+def test_the_proxy_lies_about_its_class() -> None:
+    assert isinstance(Percent(scaled), types.FunctionType)
+    assert Percent(scaled)(2) == 200
+    assert Negated(scaled)(3) == -3
+
+
+@pytest.mark.parametrize("decorator", ["mcache", "bcache"])
+def test_an_object_proxy_is_called_as_the_object_it_is(decorator: str) -> None:
+    deco = mcache if decorator == "mcache" else bcache("proxy", version="1")
+    cached = deco(Percent(scaled))
+    assert cached(2) == 200  # the proxy's own default, as an uncached call
+    assert cached(2) == 200
+    assert cached(2, scale=3) == 6
+    assert cached.cache_info().hits == 1
+
+
+@pytest.mark.parametrize("proxy", [Negated, OpaqueNegated], ids=["picklable", "opaque"])
+def test_a_function_and_a_proxy_of_it_never_share_entries(proxy: type[Negated]) -> None:
+    plain = bcache("shared")(scaled)
+    assert plain(3) == 3
+    try:
+        negated = bcache("shared")(proxy(scaled))
+    except ConfigurationError as exc:
+        refused = str(exc)
+    else:
+        refused = None
+    if refused is not None:  # refused at decoration: it must say how to identify it
+        assert "version=" in refused
+        return
+    assert (plain(3), negated(3)) == (3, -3)
+    assert (plain(3), negated(3)) == (3, -3)
+    assert negated.cache_info().hits == 1
+
+
+# --- 13: a callable answering every attribute ------------------------------------------------
+
+
+class Stub:
+    """A callable whose class answers every attribute (a config object, an RPC stub)."""
+
+    def __getattr__(self, name: str) -> int:
+        return 42
+
+    def __call__(self, x: int) -> int:
+        return x * 2
+
+
+@pytest.mark.parametrize("decorator", [mcache, bcache, fcache], ids=lambda d: d.__name__)
+def test_a_callable_answering_every_attribute_decorates_and_caches(decorator: Any) -> None:
+    cached = decorator()(Stub())
+    assert (cached(2), cached(2), cached(3)) == (4, 4, 6)
+    assert cached.cache_info().hits == 1
+    assert cached.cache_info().misses == 2
+
+
+# --- 14c, 14d: captured values that are not what a function computes ------------------------
+
+
+def test_a_singledispatch_function_decorates_without_a_version() -> None:
+    @functools.singledispatch
+    def show(x: object) -> str:
+        return "object"
+
+    show.register(int, lambda x: "int")
+    show(1.5)  # fills its dispatch cache (a WeakKeyDictionary): not what it computes
+    cached = bcache("dispatch")(show)
+    assert (cached(1), cached("a"), cached(1), cached("a")) == ("int", "object", "int", "object")
+    assert cached.cache_info().hits == 2
+
+
+@pytest.mark.parametrize("make", ["Lock", "Queue"])
+def test_a_closure_over_a_multiprocessing_lock_or_queue_decorates(make: str) -> None:
+    guard = getattr(multiprocessing, make)()
+    calls: list[int] = []
+
+    def guarded(x: int) -> int:
+        calls.append(x)
+        return x + 1 if guard is not None else -1
+
+    try:
+        cached = bcache("guarded")(guarded)
+        assert (cached(1), cached(1)) == (2, 2)
+        assert calls == [1]
+    finally:
+        if make == "Queue":
+            guard.close()
+            guard.join_thread()
+
+
+# --- 19: version= next to captured callbacks ------------------------------------------------
+
+
+def make_fetch(transform: Callable[[int], int]) -> Callable[[int], int]:
+    def fetch(x: int) -> int:
+        return transform(x)
+
+    return fetch
+
+
+def test_a_version_keeps_captured_callbacks_apart(persist: Callable[..., Any]) -> None:
+    double = persist("fetch", version="1")(make_fetch(lambda v: v * 2))
+    triple = persist("fetch", version="1")(make_fetch(lambda v: v * 3))
+    assert (double(5), triple(5)) == (10, 15)
+    assert (double(5), triple(5)) == (10, 15)
+    assert double.cache_info().hits == triple.cache_info().hits == 1
