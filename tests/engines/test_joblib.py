@@ -898,6 +898,100 @@ def test_threads_set_get_delete_and_clear(
     assert len(engine) <= 16
 
 
+def test_a_write_that_finishes_while_clear_runs_is_counted(
+    make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # clear() lists the folder, removes what it listed, then resets the accounting: a write
+    # that lands in between survives it and must still count, or the folder passes its bound.
+    engine = make(maxsize=4)
+    for i in range(4):
+        engine.set(f"old{i}", i)
+    real_scan = joblib_files.scan
+    pending = ["late"]
+
+    def scan_then_write(directory: Path) -> Any:
+        listing = real_scan(directory)
+        if pending:
+            engine.set(pending.pop(), 0)  # another thread's write, finished after the listing
+        return listing
+
+    monkeypatch.setattr(joblib_files, "scan", scan_then_write)
+    engine.clear()
+    monkeypatch.setattr(joblib_files, "scan", real_scan)
+    assert engine.exists("late")
+    for i in range(4):
+        engine.set(f"new{i}", i)
+    assert len(engine) == 4
+
+
+def test_clear_empties_the_eviction_queue(make: Callable[..., JoblibEngine]) -> None:
+    # Victims queued by the last scan are gone after clear(): evicting them again would
+    # count them as freed a second time, and the folder would pass its bound.
+    engine = make(maxsize=20, policy="fifo")
+    for i in range(21):  # the 21st write scans, evicts one and queues two more victims
+        engine.set(f"old{i}", i)
+    assert len(engine) == 20
+    engine.clear()
+    for i in range(22):  # the 21st and 22nd would "evict" the two gone victims
+        engine.set(f"new{i}", i)
+    assert len(engine) == 20
+    assert all(engine.exists(f"new{i}") for i in range(2, 22))
+
+
+def test_a_removal_waits_for_a_write_of_the_same_entry(
+    make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write reads whether the entry exists (it replaces it, or adds one) and then puts its
+    # record in place; a removal in this process in between (a clear, an eviction) would make
+    # an entry the accounting believes replaced. Removals of that entry wait for the write.
+    engine = make(maxsize=4)
+    engine.set("k", 0)
+    record = engine.directory / f"{joblib_files.name_of('k')}.sig"
+    real_read = joblib_files.read
+    clearing: list[threading.Thread] = []
+
+    def read_then_clear(path: Path) -> bytes | None:
+        raw = real_read(path)
+        if path == record and not clearing:  # the write of "k", between its read and commit
+            clearing.append(threading.Thread(target=engine.clear))
+            clearing[0].start()
+            clearing[0].join(0.5)  # done here before the fix; now waits for the write
+        return raw
+
+    monkeypatch.setattr(joblib_files, "read", read_then_clear)
+    engine.set("k", 1)
+    clearing[0].join(10)
+    monkeypatch.setattr(joblib_files, "read", real_read)
+    for i in range(4):
+        engine.set(f"new{i}", i)
+    assert len(engine) == 4
+
+
+def test_a_victim_used_after_the_scan_does_not_leave_the_folder_past_its_bound(
+    make: Callable[..., JoblibEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A victim read (lru) between the scan that queued it and its eviction stays; the write
+    # scans again rather than return with the folder past its bound.
+    engine = make(maxsize=4)
+    for i in range(4):
+        engine.set(f"k{i}", i)
+        time.sleep(0.002)  # distinct mtimes: k0 is the least recently used
+    real_scan = joblib_files.scan
+    used = ["k0"]
+
+    def scan_then_use(directory: Path) -> Any:
+        listing = real_scan(directory)
+        if used:
+            assert engine.get(used.pop()) == 0  # another thread's read, after the listing
+        return listing
+
+    monkeypatch.setattr(joblib_files, "scan", scan_then_use)
+    engine.set("k4", 4)
+    assert len(engine) == 4
+    assert engine.exists("k0")
+    assert not engine.exists("k1")
+
+
 # --- other processes ---------------------------------------------------------------------
 
 

@@ -90,10 +90,14 @@ class JoblibEngine(PersistentEngine):
         self._scanning = threading.Lock()
         self._evicting = threading.RLock()
         self._queue = EvictionQueue(self._by_bytes)
+        self._names = tuple(threading.Lock() for _ in range(64))  # see `_name_lock`
         self._count = self._bytes = self._writes = 0
+        # What this engine's writes have added since it opened (entries, bytes), never
+        # reset: an accounting taken from a scan adds what was written since it began.
+        self._added = self._grown = 0
         self._scanned_at = 0.0
         if sweep:
-            self._account(self._scan(), prune=True)
+            self._account(prune=True)
         else:  # a tool's open: no scan until a first write needs the accounting
             self._writes = self.RESCAN_WRITES
 
@@ -229,25 +233,29 @@ class JoblibEngine(PersistentEngine):
                 bytes(MAC_SIZE) if self._secret is None else sign(self._secret, MAGIC + body)
             )
             blob = MAGIC + signature + body
-            try:
-                old = files.read(record)
-            except PayloadError:  # a link planted there: replaced, never followed
-                old = None
-            with atomic_write(record) as temp:
-                temp.write_bytes(blob)
-                os.utime(temp, ns=(stored_ns, stored_ns))  # exact: the LRU/FIFO order
+            # Whether the write adds an entry or replaces one is read under the lock that
+            # this process's removals of the entry take: none can slip in between.
+            with self._name_lock(name):
+                try:
+                    old = files.read(record)
+                except PayloadError:  # a link planted there: replaced, never followed
+                    old = None
+                with atomic_write(record) as temp:
+                    temp.write_bytes(blob)
+                    os.utime(temp, ns=(stored_ns, stored_ns))  # exact: the LRU/FIFO order
         except BaseException:
             files.unlink(data)  # never committed: no reader can have it
             raise
         old_meta = files.peek(old, name)
         # Disk usage (blocks, as the bound counts them): the new files, less the old data
         # file; a replaced record takes about what its replacement takes.
-        grown = files.usage_of(data) + (files.usage_of(record) if old is None else 0)
+        written = files.usage_of(data) + (files.usage_of(record) if old is None else 0)
+        grown = written
         if old_meta is not None:
             old_data = self.directory / old_meta.data
             grown -= files.usage_of(old_data)
             files.unlink(old_data)
-        self._after_write(name, 0 if old is not None else 1, grown)
+        self._after_write(name, 0 if old is not None else 1, grown, written)
 
     def _dump(self, path: Path, value: Any) -> tuple[int, bytes]:
         """Write `value` with joblib.dump; returns the file's size and MAC."""
@@ -293,7 +301,8 @@ class JoblibEngine(PersistentEngine):
         record = self.directory / f"{name}.sig"
         claimed = self.directory / f".{name}.sig.{secrets.token_hex(4)}.tmp"
         try:
-            os.replace(record, claimed)
+            with self._name_lock(name):
+                os.replace(record, claimed)
         except FileNotFoundError:
             return None
         try:
@@ -309,19 +318,21 @@ class JoblibEngine(PersistentEngine):
 
     def clear(self) -> None:
         """Remove every entry of this engine (files of other engines in the folder stay)."""
+        mark = self._mark()
         listing = self._scan()
         for name in listing.records:
             self._claim(name)
         self._remove_orphans(self._scan(), time.time())
-        with self._lock:
-            self._count = self._bytes = 0
+        with self._evicting:
+            self._queue.clear()  # its victims are gone: evicted, they would count twice
+            self._reset(0, 0, mark)
 
     def prune(self) -> int:
         """Remove what killed writers left (temporary files older than `TEMP_MAX_AGE`, data
         files no record names older than `COMMIT_GRACE`) and expired entries, then enforce
         the size limit; opening does the same unless `sweep=False`. Returns the number of
         files and entries removed."""
-        return self._account(self._scan(), prune=True, expire=True)
+        return self._account(prune=True, expire=True)
 
     def stats(self) -> dict[str, Any]:
         """Live entries and the store times of the oldest and newest entry, from one
@@ -364,10 +375,14 @@ class JoblibEngine(PersistentEngine):
 
     # --- bounds -------------------------------------------------------------------------
 
-    def _after_write(self, name: str, added: int, grown: int) -> None:
+    def _after_write(self, name: str, added: int, grown: int, written: int) -> None:
+        """Count a write (`added` entries, `grown` bytes net, `written` bytes of new files)
+        and evict down to the bound."""
         with self._lock:
             self._count += added
             self._bytes += grown
+            self._added += added
+            self._grown += written
             self._writes += 1
             stale = self.rescan_due(self._writes, self._count, time.monotonic() - self._scanned_at)
         over = self._evict_queued() > 0
@@ -375,12 +390,37 @@ class JoblibEngine(PersistentEngine):
         # Over the bound, wait for a scan in another thread; merely due, one scan is enough.
         if due and self._scanning.acquire(blocking=over):
             try:
-                self._account(self._scan(), keep=name)
+                # Victims used or written again since the scan stay: if too many did for the
+                # queue to cover the excess, scan again rather than return past the bound.
+                for _ in range(_RETRIES):
+                    self._account(keep=name)
+                    if not self._excess():
+                        break
             finally:
                 self._scanning.release()
 
+    def _name_lock(self, name: str) -> threading.Lock:
+        """The lock (one of `_names`, by `name`) taken around replacing or claiming entry
+        `name`'s record in this process, so that a write knows whether it adds an entry
+        (other processes' removals are found by rescans)."""
+        return self._names[int(name[:8], 16) % len(self._names)]
+
     def _scan(self) -> Listing:
         return files.scan(self.directory)
+
+    def _mark(self) -> tuple[int, int]:
+        """Where the writes' ledger stands: taken before a scan, for `_reset`."""
+        with self._lock:
+            return self._added, self._grown
+
+    def _reset(self, count: int, total: int, mark: tuple[int, int]) -> None:
+        """Set the accounting to `count` entries and `total` bytes found by a scan (or left
+        by a clear) that began at `mark`, plus what writes added since: those that finished
+        while it ran may be missing from it. One both listed and counted counts twice,
+        which only evicts early; one missed would let the folder pass its bound."""
+        with self._lock:
+            self._count = count + self._added - mark[0]
+            self._bytes = total + self._grown - mark[1]
 
     def _excess(self) -> int:
         """Bytes or entries past the bound, by the accounting (0 when within it)."""
@@ -440,11 +480,11 @@ class JoblibEngine(PersistentEngine):
                 expired += 1
         return expired
 
-    def _account(
-        self, listing: Listing, *, prune: bool = False, expire: bool = False, keep: str = ""
-    ) -> int:
-        """Refresh the size accounting from `listing` and evict down to the bound; the entry
+    def _account(self, *, prune: bool = False, expire: bool = False, keep: str = "") -> int:
+        """Refresh the size accounting from a scan and evict down to the bound; the entry
         `keep` (just written) goes last, whatever the policy."""
+        mark = self._mark()
+        listing = self._scan()
         now = time.time()
         removed = self._remove_orphans(listing, now) if prune else 0
         if expire or self.expires:
@@ -459,8 +499,9 @@ class JoblibEngine(PersistentEngine):
         count, total = len(weights), sum(weights.values()) + loose
         bound = self._bound
         with self._evicting:
+            self._reset(count, total, mark)
             with self._lock:
-                self._count, self._bytes, self._writes = count, total, 0
+                self._writes = 0
                 self._scanned_at = time.monotonic()
             excess = self._excess()
             if not excess:
