@@ -30,7 +30,26 @@ def _dtype_text(dtype: Any) -> str:
 
 def _bytes_of(np: Any, array: Any) -> Any:
     # C order whatever the layout (no copy when already C-contiguous), as bytes.
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    used = _significant_bytes(np, array.dtype)
+    if used is None:
+        return data
+    # x87 long doubles fill 10 bytes of 16: the rest is whatever memory held before, so
+    # equal arrays would key apart. Only the bytes the value uses are read.
+    part = array.dtype.itemsize // (2 if array.dtype.kind == "c" else 1)
+    return np.ascontiguousarray(data.reshape(-1, part)[:, :used]).reshape(-1)
+
+
+def _significant_bytes(np: Any, dtype: Any) -> int | None:
+    """How many bytes of each (real or imaginary) part a long double fills, when fewer
+    than it takes (little-endian x87 extended precision); None for every other dtype."""
+    if dtype.kind not in "fc" or dtype.itemsize <= 8 or dtype.byteorder == ">":
+        return None
+    part = dtype.itemsize // (2 if dtype.kind == "c" else 1)
+    info = np.finfo(dtype)
+    bits = info.nmant + info.nexp + 1 + (1 if info.nmant == 63 else 0)  # x87: explicit bit
+    used = -(-bits // 8)
+    return used if used < part else None
 
 
 def _ndarray(np: Any, value: Any, out: list[bytes], where: str, depth: int) -> None:
@@ -50,7 +69,8 @@ def _objects(np: Any, items: list[Any], out: list[bytes], where: str, depth: int
     if items and all(type(item) is str for item in items):
         texts = [item.encode("utf-8", "surrogatepass") for item in items]
         out.append(b"U")
-        buffer(b"a", np.fromiter(map(len, texts), dtype=np.uint64, count=len(texts)), out)
+        lengths = np.fromiter(map(len, texts), dtype=np.uint64, count=len(texts))
+        buffer(b"a", lengths.view(np.uint8), out)
         buffer(b"b", b"".join(texts), out)
     else:
         encode(items, out, where, depth + 1)
@@ -72,6 +92,8 @@ def _values(np: Any, obj: Any, out: list[bytes], where: str, depth: int) -> None
         encode(bool(dtype.ordered), out, where, depth + 1)
         _ndarray(np, np.asarray(array.codes), out, where, depth)
     elif hasattr(array, "asi8"):  # datetimes (with a timezone), timedeltas, periods
+        # The timezone itself: two zones may print alike (a fixed "CET" and the CET zone).
+        encode(getattr(dtype, "tz", None), out, f"{where}.dtype.tz", depth + 1)
         _ndarray(np, np.asarray(array.asi8), out, where, depth)
     elif getattr(dtype, "numpy_dtype", None) is not None and hasattr(array, "isna"):
         # nullable numbers and booleans: the values with NA as zero, and where NA is

@@ -10,20 +10,43 @@ from datetime import date, datetime, timedelta
 from datetime import time as clock
 from decimal import Decimal
 from fractions import Fraction
+from io import IOBase
 from typing import Any
 
 from twat_cache._bypass import bypassed
 from twat_cache._report import FaultReporter
 from twat_cache.engines.base import MISS, capabilities_of, put_of
 
-__all__ = ["PLAIN_RESULTS", "CallState", "in_thread"]
+__all__ = ["PLAIN_RESULTS", "CallState", "consumable", "in_thread"]
 
-#: Result types stored without a look at them; any other result is checked out of line,
-#: since an awaitable or an iterator must never be stored (it can be consumed once).
+#: Result types stored without a look at them; any other result is checked out of line
+#: (`consumable`), since what can be consumed once must never be stored. Tuples are checked
+#: too: `return header, reader` holds an iterator.
 PLAIN_RESULTS: frozenset[type] = frozenset(
-    {int, float, complex, bool, str, bytes, bytearray, type(None), tuple, list, dict, set}
+    {int, float, complex, bool, str, bytes, bytearray, type(None), list, dict, set}
     | {frozenset, Decimal, Fraction, datetime, date, clock, timedelta}
 )
+
+
+def consumable(value: Any) -> str | None:
+    """Why `value` can be consumed once (a coroutine, a generator or another iterator, an
+    open file), with what to do instead; None for a value that can be stored. A tuple is
+    consumable when one of its items is."""
+    kind = type(value)
+    if hasattr(kind, "__await__"):
+        return (
+            f"an awaitable {kind.__name__}: decorate the async def itself (an async __call__ "
+            "or a partial of an async def are recognized)"
+        )
+    if hasattr(kind, "__next__") or hasattr(kind, "__anext__") or isinstance(value, IOBase):
+        return f"a {kind.__name__}, consumed once: cache a function returning a list instead"
+    if kind is tuple:
+        for item in value:
+            if type(item) not in PLAIN_RESULTS:
+                reason = consumable(item)
+                if reason is not None:
+                    return reason
+    return None
 
 
 _INTERRUPTED: Any = object()
@@ -182,24 +205,14 @@ class CallState:
         self._fault("write", exc)
 
     def _refused(self, value: Any) -> bool:
-        # A coroutine (or another awaitable) returned by a sync callable can be awaited only
-        # once, and an iterator (a generator) consumed once: reported once, never stored.
-        kind = type(value)
-        if hasattr(kind, "__await__"):
-            advice = (
-                "decorate the async def itself (an async __call__ or a partial of an "
-                "async def are recognized)"
-            )
-        elif hasattr(kind, "__next__"):
-            advice = "cache a function returning a list instead"
-        else:
+        # What can be consumed once (a coroutine returned by a sync callable, a generator)
+        # is reported once and never stored: it is returned to its caller alone.
+        reason = consumable(value)
+        if reason is None:
             return False
         self.reporter.report(
             "store a result",
-            TypeError(
-                f"the function returned {kind.__name__} object, which can be consumed "
-                f"once: returned to the caller uncached; {advice}"
-            ),
+            TypeError(f"the function returned {reason}; it was returned to the caller uncached"),
         )
         return True
 
@@ -242,7 +255,7 @@ class CallState:
 
     def hand_over(self, key: Any, value: Any, error: BaseException | None) -> None:
         """Give a finished flight's outcome to the threads waiting for it."""
-        if type(value) not in PLAIN_RESULTS and self._refused(value):
+        if type(value) not in PLAIN_RESULTS and consumable(value) is not None:
             value, error = _INTERRUPTED, None  # consumed once: each waiter computes its own
         with self.wakeup:
             outcome = self.waiting.pop(key, None)
@@ -456,7 +469,11 @@ class CallState:
             future.exception()
             raise
         else:
-            future.set_result(value)
+            if type(value) not in PLAIN_RESULTS and consumable(value) is not None:
+                future.set_exception(_LeaderGone())  # consumed once: each waiter computes
+                future.exception()
+            else:
+                future.set_result(value)
             return value
         finally:
             del self.aflights[slot]

@@ -32,6 +32,7 @@ __all__ = [
     "content_digest",
     "encode",
     "encode_reduced",
+    "kind",
     "qualified",
     "stable_digest",
     "stable_key_builder",
@@ -80,6 +81,26 @@ def qualified(cls: type, out: list[bytes]) -> None:
     atom(b"t", f"{cls.__module__}.{cls.__qualname__}".encode(), out)
 
 
+#: Classes found by their global name, with their encoding: the common case (a namedtuple,
+#: a dataclass of a module) is a dictionary lookup. Only global classes are kept, and they
+#: live as long as their module anyway.
+_GLOBAL_KINDS: dict[type, bytes] = {}
+
+
+def kind(cls: type, out: list[bytes], where: str, depth: int) -> None:
+    """Append the class of a value: by its name when its module holds it, else (a class made
+    at run time: a NamedTuple or a dict subclass written in a function) by its identity,
+    so that two such classes of one name never key alike."""
+    known = _GLOBAL_KINDS.get(cls)
+    if known is None:
+        part: list[bytes] = []
+        _identity().encode_callable(cls, part, f"the class of {where}", depth + 1)
+        known = b"".join(part)
+        if part[0] == b"G" and len(_GLOBAL_KINDS) < 4096:  # by its name: remembered
+            _GLOBAL_KINDS[cls] = known
+    out.append(known)
+
+
 class NestingError(KeyBuildError):
     """A value nested deeper than `MAX_DEPTH` (almost always one that contains itself)."""
 
@@ -118,7 +139,7 @@ def encode(value: Any, out: list[bytes], where: str, depth: int = 0) -> None:
     elif isinstance(value, set | frozenset):
         members = sorted(_encoded(v, f"{where} member", depth) for v in value)
         out.append(b"S")
-        qualified(cls, out)
+        kind(cls, out, where, depth)
         out.append(_LEN.pack(len(members)))
         out.extend(members)
         _subclass_state(value, out, where, depth)
@@ -149,7 +170,7 @@ def _encoded(value: Any, where: str, depth: int) -> bytes:
 def _sequence(value: Any, out: list[bytes], where: str, depth: int) -> None:
     cls = type(value)
     out.append(_SEQUENCE_TAGS[tuple if isinstance(value, tuple) else list])
-    qualified(cls, out)
+    kind(cls, out, where, depth)
     out.append(_LEN.pack(len(value)))
     for i, item in enumerate(value):
         encode(item, out, f"{where}[{i}]", depth + 1)
@@ -175,7 +196,7 @@ def _mapping(value: Mapping[Any, Any], out: list[bytes], where: str, depth: int)
         out.append(b"M")
     else:  # OrderedDict and any mapping with an equality of its own: in its order
         out.append(b"O")
-    qualified(cls, out)
+    kind(cls, out, where, depth)
     out.append(_LEN.pack(len(items)))
     out.extend(items)
     if isinstance(value, defaultdict):  # the factory decides what a missing key reads
@@ -243,7 +264,7 @@ def encode_reduced(value: Any, out: list[bytes], where: str, depth: int) -> None
         atom(b"G", f"{cls.__module__}.{reduced}".encode(), out)
         return
     out.append(b"R")
-    qualified(cls, out)
+    kind(cls, out, where, depth)
     parts = list(reduced[:5]) + [None] * (5 - len(reduced[:5]))
     constructor, args, state, list_items, dict_items = parts
     encode(constructor, out, f"{where} constructor", depth + 1)
