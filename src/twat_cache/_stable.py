@@ -210,13 +210,7 @@ def _subclass_state(value: Any, out: list[bytes], where: str, depth: int) -> Non
     cls = type(value)
     if cls in _EXACT or cls is OrderedDict or cls is defaultdict:
         return
-    try:
-        reduced = value.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise KeyBuildError(
-            f"argument {where} ({cls.__name__}) cannot be pickled, so it has no key stable "
-            f"across processes: pass key= or ignore= for it ({exc})"
-        ) from exc
+    reduced = _reduction(value, where)
     state = reduced[2] if isinstance(reduced, tuple) and len(reduced) > 2 else None
     encode(state, out, f"{where} state", depth + 1)
 
@@ -242,24 +236,28 @@ def _callable_or_object(value: Any, out: list[bytes], where: str, depth: int) ->
     encode_reduced(value, out, where, depth)
 
 
+def _reduction(value: Any, where: str) -> Any:
+    """`value`'s pickle reduction, found as pickle finds it (copyreg's table first:
+    re.Pattern lives there); an object pickle refuses has no stable key."""
+    try:
+        reducer = copyreg.dispatch_table.get(type(value))
+        if reducer is not None:
+            return reducer(value)
+        return value.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise KeyBuildError(
+            f"argument {where} ({type(value).__name__}) cannot be pickled, so it has no key "
+            f"stable across processes: pass key= or ignore= for it ({exc})"
+        ) from exc
+
+
 def encode_reduced(value: Any, out: list[bytes], where: str, depth: int) -> None:
     """Append `value` as its pickle reduction: its class, constructor and state."""
     # Any other object is encoded through its pickle reduction (constructor and state), as
     # pickle itself finds it (copyreg's table first: re.Pattern lives there), so an object
     # whose repr is `<X object at 0x...>` still gets a key that is the same in every process.
     cls = type(value)
-    try:
-        reducer = copyreg.dispatch_table.get(cls)
-        reduced: Any
-        if reducer is not None:
-            reduced = reducer(value)
-        else:
-            reduced = value.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise KeyBuildError(
-            f"argument {where} ({cls.__name__}) cannot be pickled, so it has no key stable "
-            f"across processes: pass key= or ignore= for it ({exc})"
-        ) from exc
+    reduced = _reduction(value, where)
     if isinstance(reduced, str):  # a global singleton, pickled by name
         atom(b"G", f"{cls.__module__}.{reduced}".encode(), out)
         return
