@@ -13,6 +13,7 @@ from typing_extensions import Unpack
 
 from twat_cache import registry
 from twat_cache._callables import is_generator, returns_coroutine
+from twat_cache._tiers import tier_config, wrap_tiered
 from twat_cache._types import (
     CachedClassMethod,
     CacheDecorator,
@@ -21,7 +22,7 @@ from twat_cache._types import (
     P,
     R,
 )
-from twat_cache._wrap import tier_config, wrap, wrap_tiered
+from twat_cache._wrap import wrap
 from twat_cache.config import REDIS_URL_ENV, CacheConfig, ConfigOptions, KeywordOptions
 from twat_cache.engines.base import capabilities_of, engine_name
 from twat_cache.engines.manager import CHAINS, get_manager
