@@ -5,6 +5,7 @@ hostile review). Each pair runs through mcache and bcache unless the case says o
 from __future__ import annotations
 
 import collections
+import datetime
 import types
 import warnings
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from twat_cache import bcache, mcache
+from twat_cache import bcache, fcache, mcache
 
 
 def _decorate(decorator: str) -> Callable[[Any], Any]:
@@ -282,3 +283,81 @@ def test_multiindexes_with_the_same_tuples_meet(decorator: str, how: str) -> Non
     assert first.equals(second)
     assert repr(first) == repr(second)
     assert_shared(decorator, first, second)
+
+
+# --- second review 11, 13: datetimes in two zones that print alike; long doubles -------------
+
+
+@BOTH
+def test_tz_aware_columns_in_a_fixed_cet_and_the_cet_zone_are_told_apart(decorator: str) -> None:
+    pd = pytest.importorskip("pandas")
+    zoneinfo = pytest.importorskip("zoneinfo")
+    utc = pd.Series(pd.to_datetime(["2024-07-01 12:00"]).tz_localize("UTC"))
+    fixed = utc.dt.tz_convert(datetime.timezone(datetime.timedelta(hours=1), "CET"))
+    zoned = utc.dt.tz_convert(zoneinfo.ZoneInfo("CET"))  # summer time in July
+    assert str(fixed.dtype) == str(zoned.dtype)  # both print "datetime64[..., CET]"
+    assert_told_apart(decorator, fixed, zoned, lambda s: s.dt.hour.tolist())
+
+
+@BOTH
+def test_long_double_arrays_equal_in_value_meet(decorator: str) -> None:
+    np = pytest.importorskip("numpy")
+    values = np.arange(1000, dtype=np.longdouble)
+    again = values * 1  # equal contents in fresh memory (x87: 6 padding bytes of 16 each)
+    assert np.array_equal(values, again)
+    assert_shared(decorator, values, again)
+
+
+# --- second review 16: string columns of 8192 rows and more ----------------------------------
+
+
+def _strings(pd: Any, kind: str, words: list[str]) -> Any:
+    if kind == "Series":
+        return pd.Series(words)
+    if kind == "DataFrame":
+        return pd.DataFrame({"name": words, "n": range(len(words))})
+    return pd.Index(words)
+
+
+@pytest.mark.parametrize("decorator", ["bcache", "fcache"])
+@pytest.mark.parametrize("kind", ["Series", "DataFrame", "Index"])
+def test_ten_thousand_strings_are_cached_and_one_character_misses(
+    decorator: str, kind: str
+) -> None:
+    pd = pytest.importorskip("pandas")
+    words = [f"row{i}" for i in range(10_000)]
+    edited = words.copy()
+    edited[5_000] = "rox5000"  # one character, the same length
+    calls: list[int] = []
+
+    @(bcache if decorator == "bcache" else fcache)("strings")
+    def count(value: Any) -> int:
+        calls.append(len(value))
+        return len(calls)
+
+    assert _quietly(count, _strings(pd, kind, words)) == 1
+    assert _quietly(count, _strings(pd, kind, words)) == 1, "equal strings missed each other"
+    assert _quietly(count, _strings(pd, kind, edited)) == 2, "a one-character change hit"
+    assert count.cache_info().hits == 1
+
+
+# --- third round: padding inside structured records ----------------------------------------
+
+
+@BOTH
+def test_aligned_structured_arrays_equal_in_value_meet(decorator: str) -> None:
+    np = pytest.importorskip("numpy")
+    dtype = np.dtype([("a", "i1"), ("b", "f8")], align=True)  # 7 padding bytes per record
+
+    def make() -> Any:
+        np.full(1000, 7.3)  # leaves non-zero bytes where the next array is allocated
+        records = np.empty(3, dtype=dtype)
+        records["a"], records["b"] = 1, 2.0
+        return records
+
+    first, second = make(), make()
+    assert (first == second).all()
+    assert_shared(decorator, first, second)
+    changed = make()
+    changed["b"][1] = 2.5
+    assert_told_apart(decorator, first, changed, lambda v: v["b"].tolist())

@@ -6,9 +6,13 @@ review)."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import functools
+import io
+import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,3 +207,212 @@ def test_a_result_with_a_dict_style_getattr_is_cached(decorator: str) -> None:
     assert all(type(r) is AttrDict for r in results)
     assert calls == ["app"]
     assert settings.cache_info().hits == 2
+
+
+# --- second review 03: an async stampede never shares what can be consumed once -------------
+
+
+async def _doubled(n: int) -> int:
+    return n * 2
+
+
+def _consumable(kind: str, n: int) -> Any:
+    """A result consumed once: a generator, or a coroutine for the caller to await."""
+    return (i for i in range(n)) if kind == "generator" else _doubled(n)
+
+
+async def _consume(kind: str, result: Any) -> Any:
+    return list(result) if kind == "generator" else await result
+
+
+@pytest.fixture(params=["acache", pytest.param("redis", marks=pytest.mark.redis)])
+def stampede(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`stampede(kind)`: two tasks await one cold key of an acache'd function returning a
+    consumable `kind`, the second while the first computes it; returns what each got
+    (consumed) and how many times the function ran. In memory the wrapper reads without
+    awaiting, so the second task joins the flight at once; on Redis its read is awaited, so
+    the computation is held until both tasks have read the key (the later one then joins
+    the flight before the event loop runs anything else)."""
+    options: dict[str, Any] = {}
+    readers: set[Any] = set()
+    gates: list[asyncio.Event] = []
+    if request.param == "redis":
+        from twat_cache.engines.redis import RedisEngine
+
+        options = {"url": request.getfixturevalue("redis_url"), "folder_name": "stampede"}
+        real_aget = RedisEngine.aget
+
+        async def aget(self: Any, key: Any, default: Any = None) -> Any:
+            value = await real_aget(self, key, default)
+            readers.add(asyncio.current_task())
+            if len(readers) >= 2:
+                gates[0].set()
+            return value
+
+        monkeypatch.setattr(RedisEngine, "aget", aget)
+
+    def run(kind: str) -> tuple[list[Any], int]:
+        calls: list[int] = []
+
+        @acache(**options)
+        async def produce(n: int) -> Any:
+            calls.append(n)
+            await gates[0].wait()
+            return _consumable(kind, n)
+
+        async def release() -> None:
+            if not options:  # in memory: both tasks are in by now
+                gates[0].set()
+
+        async def main() -> list[Any]:
+            gates[:] = [asyncio.Event()]
+            readers.clear()
+            first, second, _ = await asyncio.gather(produce(3), produce(3), release())
+            try:
+                assert first is not second, "both tasks got the one object the leader computed"
+                return [await _consume(kind, first), await _consume(kind, second)]
+            finally:
+                first.close()  # a coroutine never awaited would warn when collected
+                second.close()
+
+        try:
+            with pytest.warns(CacheFaultWarning, match="consumed once|awaitable"):
+                return asyncio.run(main()), len(calls)
+        finally:
+            produce.cache_engine.close()
+
+    return run
+
+
+@pytest.mark.parametrize("kind", ["generator", "coroutine"])
+def test_an_async_stampede_never_shares_a_consumable_result(stampede: Any, kind: str) -> None:
+    results, calls = stampede(kind)
+    expected = [0, 1, 2] if kind == "generator" else 6
+    assert results == [expected, expected]
+    assert calls == 2, "each task computes its own consumable result"
+
+
+# --- second review 04: results holding something consumed once -----------------------------
+
+
+def test_a_tuple_result_holding_a_csv_reader_is_never_stored() -> None:
+    @mcache
+    def read(text: str) -> tuple[list[str], Any]:
+        reader = csv.reader(io.StringIO(text))
+        return next(reader), reader
+
+    with pytest.warns(CacheFaultWarning, match="reader, consumed once") as record:
+        rows = [(header, list(reader)) for header, reader in map(read, ["a,b\n1,2\n"] * 3)]
+    assert rows == [(["a", "b"], [["1", "2"]])] * 3, "a later caller got the exhausted reader"
+    assert len(record) == 1, [str(w.message) for w in record]
+    assert read.cache_info().currsize == 0
+
+
+def test_an_open_file_result_is_never_stored(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text("a\nb\n")
+
+    @mcache
+    def opened(name: str) -> Any:
+        return open(name)  # the caller reads and closes it
+
+    with pytest.warns(CacheFaultWarning, match="consumed once"):
+        files = [opened(str(path)) for _ in range(2)]
+    try:
+        assert files[0] is not files[1]
+        assert [f.read() for f in files] == ["a\nb\n"] * 2
+    finally:
+        for f in files:
+            f.close()
+    assert opened.cache_info().currsize == 0
+
+
+# --- second review 14: async generators returned as results ---------------------------------
+
+
+async def _numbers(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+async def _drain(stream: AsyncIterator[int]) -> list[int]:
+    return [i async for i in stream]
+
+
+@pytest.mark.parametrize("decorator", ["mcache", "acache"])
+def test_an_async_generator_result_is_never_stored(decorator: str) -> None:
+    calls: list[int] = []
+
+    if decorator == "mcache":
+
+        @mcache
+        def stream(n: int) -> AsyncIterator[int]:
+            calls.append(n)
+            return _numbers(n)
+
+        async def get(n: int) -> AsyncIterator[int]:
+            return stream(n)
+    else:
+
+        @acache
+        async def stream(n: int) -> AsyncIterator[int]:
+            calls.append(n)
+            return _numbers(n)
+
+        async def get(n: int) -> AsyncIterator[int]:
+            return await stream(n)
+
+    async def main() -> list[list[int]]:
+        return [await _drain(await get(3)) for _ in range(3)]
+
+    with pytest.warns(CacheFaultWarning, match="async_generator, consumed once") as record:
+        results = asyncio.run(main())
+    assert results == [[0, 1, 2]] * 3, "a later caller got the exhausted generator"
+    assert calls == [3, 3, 3]
+    assert len(record) == 1, [str(w.message) for w in record]
+    assert stream.cache_info().currsize == 0
+
+
+# --- third round: temporary files and iterators inside lists and dicts ---------------------
+
+
+def test_a_temporary_file_result_is_never_stored() -> None:
+    # NamedTemporaryFile returns a wrapper that is neither an IOBase nor an iterator type.
+    @mcache
+    def scratch(text: str) -> Any:
+        handle = tempfile.NamedTemporaryFile("w+")  # noqa: SIM115  # the caller closes it
+        handle.write(text)
+        handle.seek(0)
+        return handle
+
+    with pytest.warns(CacheFaultWarning, match="consumed once"):
+        handles = [scratch("xy") for _ in range(2)]
+    try:
+        assert handles[0] is not handles[1]
+        assert [h.read() for h in handles] == ["xy", "xy"]
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(lambda text: {"rows": map(str.upper, text)}, id="dict"),
+        pytest.param(lambda text: [iter(text.upper())], id="list"),
+    ],
+)
+def test_an_iterator_inside_a_small_list_or_dict_result_is_never_stored(
+    shape: Callable[[str], Any],
+) -> None:
+    @mcache
+    def build(text: str) -> Any:
+        return shape(text)
+
+    def rows(result: Any) -> list[str]:
+        return list(result["rows"] if isinstance(result, dict) else result[0])
+
+    with pytest.warns(CacheFaultWarning, match="consumed once"):
+        got = [rows(build("ab")) for _ in range(3)]
+    assert got == [["A", "B"]] * 3, "a later caller got the exhausted iterator"
+    assert build.cache_info().currsize == 0

@@ -59,6 +59,9 @@ def _ndarray(np: Any, value: Any, out: list[bytes], where: str, depth: int) -> N
     encode(tuple(value.shape), out, where, depth + 1)
     if value.dtype.hasobject:  # pointers: key the objects themselves
         _objects(np, np.asarray(value).ravel().tolist(), out, where, depth)
+    elif value.dtype.names is not None:  # field by field: padding between them is noise
+        for name in value.dtype.names:
+            _ndarray(np, np.asarray(value[name]), out, where, depth)
     else:
         buffer(b"a", _bytes_of(np, value), out)
 
@@ -175,6 +178,9 @@ def memory_part(value: Any, norm: Callable[[Any], Hashable]) -> Hashable | None:
         if dtype.hasobject:
             items = tuple(norm(item) for item in np.asarray(value).ravel().tolist())
             return (cls, _dtype_text(dtype), value.shape, items)
+        if dtype.names is not None:  # field by field: padding between them is noise
+            fields = tuple(memory_part(np.asarray(value[name]), norm) for name in dtype.names)
+            return (cls, _dtype_text(dtype), value.shape, fields)
         data = _bytes_of(np, value)
         contents = data.tobytes() if data.nbytes < BIG else blake3(data).digest()
         return (cls, _dtype_text(dtype), value.shape, contents)
