@@ -32,7 +32,7 @@ import pytest
 
 from _redis import redis_server, redis_url  # noqa: F401  # fixtures, registered here
 from _user_engine import register_user_engine
-from twat_cache import MISS, CacheConfig, mcache, ucache
+from twat_cache import MISS, CacheConfig, bcache, fcache, mcache, ucache
 from twat_cache.config import DEFAULT_MAXSIZE
 from twat_cache.engines.manager import get_manager
 from twat_cache.exceptions import EngineUnavailableError
@@ -244,3 +244,37 @@ def umask022() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+#: Every persistent or remote engine, reached through its public decorator.
+PERSISTENT = ["diskcache", "klepto", "joblib", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@pytest.fixture(params=PERSISTENT)
+def persist(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """`persist(folder_name=None, **options)`: the decorator of one persistent engine
+    (bcache on diskcache or klepto, fcache on joblib, ucache(url=...) on Redis), checked
+    to really run on that engine; engines are closed at teardown."""
+    engine: str = request.param
+    url = request.getfixturevalue("redis_url") if engine == "redis" else None
+    opened: list[Any] = []
+
+    def decorator(folder_name: str | None = None, **options: Any) -> Callable[[Any], Any]:
+        if engine == "redis":
+            base = ucache(folder_name, url=url, **options)
+        elif engine == "joblib":
+            base = fcache(folder_name, cache_engine="joblib", **options)
+        else:
+            base = bcache(folder_name, cache_engine=engine, **options)
+
+        def apply(func: Any) -> Any:
+            cached = base(func)
+            assert cached.cache_engine.name == engine, "the manager fell back silently"
+            opened.append(cached.cache_engine)
+            return cached
+
+        return apply
+
+    yield decorator
+    for store in reversed(opened):
+        store.close()

@@ -19,41 +19,8 @@ from typing import Any
 
 import pytest
 
-from twat_cache import MISS, acache, bcache, fcache, mcache, ucache
+from twat_cache import MISS, acache, bcache, mcache
 from twat_cache.exceptions import ConfigurationError, KeyBuildError
-
-#: Every persistent or remote engine, reached through its public decorator.
-PERSISTENT = ["diskcache", "klepto", "joblib", pytest.param("redis", marks=pytest.mark.redis)]
-
-
-@pytest.fixture(params=PERSISTENT)
-def persist(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
-    """`persist(folder_name=None, **options)`: the decorator of one persistent engine
-    (bcache on diskcache or klepto, fcache on joblib, ucache(url=...) on Redis), checked
-    to really run on that engine; engines are closed at teardown."""
-    engine: str = request.param
-    url = request.getfixturevalue("redis_url") if engine == "redis" else None
-    opened: list[Any] = []
-
-    def decorator(folder_name: str | None = None, **options: Any) -> Callable[[Any], Any]:
-        if engine == "redis":
-            base = ucache(folder_name, url=url, **options)
-        elif engine == "joblib":
-            base = fcache(folder_name, cache_engine="joblib", **options)
-        else:
-            base = bcache(folder_name, cache_engine=engine, **options)
-
-        def apply(func: Any) -> Any:
-            cached = base(func)
-            assert cached.cache_engine.name == engine, "the manager fell back silently"
-            opened.append(cached.cache_engine)
-            return cached
-
-        return apply
-
-    yield decorator
-    for store in reversed(opened):
-        store.close()
 
 
 def run_python(*args: str, seed: str = "0", env: dict[str, str] | None = None) -> Any:

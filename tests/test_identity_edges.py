@@ -25,40 +25,10 @@ from typing import Any, NamedTuple, Protocol, TypedDict
 import pytest
 
 import twat_cache
-from twat_cache import bcache, fcache, mcache, ucache
+from twat_cache import bcache, fcache, mcache
 from twat_cache.exceptions import ConfigurationError
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-@pytest.fixture(
-    params=["bcache", "fcache", pytest.param("redis", marks=pytest.mark.redis)],
-)
-def persist(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
-    """`persist(folder_name, **options)`: bcache, fcache, or ucache on a real Redis server;
-    every store it opened is closed at teardown."""
-    kind: str = request.param
-    url = request.getfixturevalue("redis_url") if kind == "redis" else None
-    opened: list[Any] = []
-
-    def decorator(folder_name: str, **options: Any) -> Callable[[Any], Any]:
-        if kind == "redis":
-            base = ucache(folder_name, url=url, **options)
-        elif kind == "fcache":
-            base = fcache(folder_name, **options)
-        else:
-            base = bcache(folder_name, **options)
-
-        def apply(func: Any) -> Any:
-            cached = base(func)
-            opened.append(cached.cache_engine)
-            return cached
-
-        return apply
-
-    yield decorator
-    for store in reversed(opened):
-        store.close()
 
 
 def _env(**extra: str) -> dict[str, str]:
