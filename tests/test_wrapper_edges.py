@@ -9,7 +9,9 @@ import asyncio
 import csv
 import functools
 import io
+import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import twat_cache
 from twat_cache import acache, bcache, mcache
 from twat_cache.exceptions import CacheFaultWarning, ConfigurationError
 
@@ -416,3 +419,28 @@ def test_an_iterator_inside_a_small_list_or_dict_result_is_never_stored(
         got = [rows(build("ab")) for _ in range(3)]
     assert got == [["A", "B"]] * 3, "a later caller got the exhausted iterator"
     assert build.cache_info().currsize == 0
+
+
+# --- statistics of a cache whose folder was deleted ----------------------------------------
+
+
+def test_statistics_survive_a_deleted_folder() -> None:
+    # diskcache opens one connection per thread: a new thread cannot open a deleted
+    # database. get_stats() reads every live cache of the process: one broken folder must
+    # not fail it (it did in CI, through a cache a finished test left alive).
+    @bcache("doomed")
+    def doomed(x: int) -> int:
+        return x
+
+    try:
+        assert doomed(1) == 1
+        shutil.rmtree(doomed.cache_engine.directory)
+        seen: list[Any] = []
+        worker = threading.Thread(target=lambda: seen.append(doomed.cache_info()))
+        worker.start()
+        worker.join()
+        assert seen[0].currsize == -1  # unknown, not an exception
+        assert seen[0].misses == 1
+        assert doomed.cache_name in twat_cache.get_stats()
+    finally:
+        doomed.cache_engine.close()

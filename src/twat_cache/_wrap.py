@@ -24,7 +24,7 @@ from twat_cache._results import PLAIN_RESULTS
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import MISS, Capabilities, capabilities_of, engine_name, put_of
-from twat_cache.exceptions import ConfigurationError, EngineError
+from twat_cache.exceptions import ConfigurationError
 from twat_cache.identity import describe, key_builder
 from twat_cache.keys import (
     FAST_TYPES,
@@ -455,7 +455,7 @@ def _attach(
         hits, misses = counts(False)
         try:
             size = len(engine)
-        except EngineError:  # a cache server that cannot be reached: the size is unknown
+        except Exception:  # a server out of reach, a folder deleted: the size is unknown
             size = -1
         return CacheInfo(hits + state.shared_hits, misses + state.misses, maxsize, size)
 
