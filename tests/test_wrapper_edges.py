@@ -444,3 +444,12 @@ def test_statistics_survive_a_deleted_folder() -> None:
         assert doomed.cache_name in twat_cache.get_stats()
     finally:
         doomed.cache_engine.close()
+
+
+def test_acache_refuses_a_plain_def_whose_wrapped_chain_loops() -> None:
+    def loops(x: int) -> int:
+        return x
+
+    loops.__wrapped__ = loops  # type: ignore[attr-defined]  # a chain inspect.unwrap refuses
+    with pytest.raises(ConfigurationError, match="is not one"):
+        acache(loops)

@@ -139,8 +139,11 @@ def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> 
         )
     is_async = returns_coroutine(func)
     if kind == "async" and not is_async:
-        inner = inspect.unwrap(func, stop=lambda f: not callable(f))
-        if returns_coroutine(inner):
+        try:
+            inner = inspect.unwrap(func, stop=lambda f: not callable(f))
+        except ValueError:  # a __wrapped__ chain that loops
+            inner = func
+        if inner is not func and returns_coroutine(inner):
             raise ConfigurationError(
                 f"@{decorator} caches async def functions; {describe(func)} is a plain def "
                 f"wrapping the async def {describe(inner)}: put the cache on the async def "
