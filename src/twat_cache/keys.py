@@ -9,6 +9,7 @@ built here; the stable encoding of persistent and shared keys lives in `_stable`
 from __future__ import annotations
 
 import functools
+import gc
 import pickle
 from collections import ChainMap, Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping
@@ -80,8 +81,20 @@ class Ident:
 _object_eq = object.__eq__
 _object_hash = object.__hash__
 #: Classes whose instances hash and compare by identity; filled as they are met, so the
-#: hit path pays one set lookup. Holds the classes strongly, as their methods' code does.
+#: hit path pays one set lookup. A memo, emptied as each full garbage collection starts:
+#: a class made at run time (and all it refers to) is then free to go in that collection,
+#: while a live class is added again at its next call (one slow key, no wrong one).
 IDENTITY_CLASSES: set[type] = set()
+
+
+def _forget_classes(
+    phase: str, info: dict[str, int], classes: set[type] = IDENTITY_CLASSES
+) -> None:
+    if phase == "start" and info["generation"] == 2:
+        classes.clear()
+
+
+gc.callbacks.append(_forget_classes)
 
 
 def self_key(obj: object) -> object:
