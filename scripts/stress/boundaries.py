@@ -368,10 +368,17 @@ def worker(cases: list[list[Any]], url: str | None, journal: str) -> int:
 
 
 def run_all(
-    chosen: list[tuple[str, str, str]], url: str | None, *, workers: int = 2, timeout: float = 60
+    chosen: list[tuple[str, str, str]],
+    url: str | None,
+    *,
+    root: str | None = None,
+    workers: int = 2,
+    timeout: float = 60,
 ) -> dict[int, dict[str, Any]]:
-    """Every case's result, by index; cases run in `workers` processes at once, and a case
-    whose process died or hung is recorded as a crash (with the exit status) or a hang."""
+    """Every case's result, by index; cases run in `workers` processes at once (their cache
+    root `root`, else this process's), and a case whose process died or hung is recorded as
+    a crash (with the exit status) or a hang."""
+    env = child_env(**({"TWAT_CACHE_DIR": root} if root is not None else {}))
     indexed = [[i, *case] for i, case in enumerate(chosen)]
     shares = [indexed[w::workers] for w in range(workers)]
     results: dict[int, dict[str, Any]] = {}
@@ -389,7 +396,7 @@ def run_all(
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.PIPE,
-                        env=child_env(),
+                        env=env,
                     ),
                     share,
                     journal,
