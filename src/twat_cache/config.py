@@ -108,7 +108,7 @@ def _seconds(value: object, what: str) -> float:
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         try:
-            return float(text)
+            seconds = float(text)
         except ValueError:
             parts = _TTL_PART.findall(text)
             if not parts or "".join(n + u for n, u in parts) != text:
@@ -116,7 +116,12 @@ def _seconds(value: object, what: str) -> float:
                     f"{what} {_shown(value)} is not a duration: use seconds or units ms/s/m/h/d/w "
                     "such as '90s', '1h30m' or '2d'"
                 ) from None
-            return sum(float(n) * _TTL_UNITS[u] for n, u in parts)
+            seconds = sum(float(n) * _TTL_UNITS[u] for n, u in parts)
+        if math.isinf(seconds) and "inf" not in text:
+            # A finite number written out ("1e400", 400 digits) past float's range, as an int
+            # past it above: longer than any bound, not infinite.
+            return math.copysign(2 * DURATION_HORIZON, seconds)
+        return seconds
     raise ValueError(f"{what} must be seconds, a timedelta or a string, not {type(value).__name__}")
 
 
