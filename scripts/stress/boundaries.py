@@ -20,6 +20,8 @@ import asyncio
 import json
 import math
 import os
+import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -94,13 +96,45 @@ _VERSION_VALUES = ("0", "-1", "1.5", "2**64", "True", "False", "''", "'v:1'", "'
 _QUICK = {"0", "-1", "tiny", "huge", "inf", "nan", "sys.maxsize", "2**64", "True", "[1]", "'2MB'"}
 
 
+#: Seeded random values per engine and option, on top of the named ones (full profile only).
+RANDOM_VALUES = {"full": 16, "quick": 0}
+_UNITS = ("ms", "s", "m", "h", "d", "w")
+_BYTE_UNITS = ("b", "kb", "MB", "GiB", "TB", "TiB")
+
+
 def value(name: str) -> Any:
-    return _VALUES[name]
+    """The Python value a case's value name stands for: a named value, or a random one
+    written ``~int:<digits>``, ``~float:<repr>`` or ``~str:<text>``."""
+    if not name.startswith("~"):
+        return _VALUES[name]
+    kind, _, text = name[1:].partition(":")
+    return {"int": int, "float": float, "str": str}[kind](text)
 
 
-def cases(profile: str, engines: list[str] | None = None) -> list[tuple[str, str, str]]:
+def _random_name(option: str, rng: random.Random) -> str:
+    """A random value for `option`, across every magnitude: from far below the shortest
+    duration (or 0) to far past every bound, either sign, as an int, a float or a string."""
+    exponent = rng.randint(-12, 420) if option not in SIZES else rng.randint(0, 420)
+    sign = "-" if rng.random() < 0.1 else ""
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 6)))
+    kind = rng.choice(("int", "float", "str"))
+    if kind == "int" or (option == "version" and kind == "float"):
+        return f"~int:{sign}{int(digits) * 10 ** max(exponent, 0)}"
+    if kind == "float":
+        return f"~float:{sign}{float(f'{digits}e{min(exponent, 300)}')!r}"
+    if option in SIZES:
+        return f"~str:{digits}{rng.choice(_BYTE_UNITS)}"
+    if option == "version":
+        return f"~str:v{digits}"
+    return f"~str:{sign}{digits}{'.' + digits if exponent < 0 else ''}{rng.choice(_UNITS)}"
+
+
+def cases(
+    profile: str, engines: list[str] | None = None, seed: int = 0
+) -> list[tuple[str, str, str]]:
     """(engine, option, value name) of every case of `profile` on the harness `engines`."""
     chosen = [e for e, group in ENGINES.items() if engines is None or group in engines]
+    rng = random.Random(seed)
     found = []
     for engine in chosen:
         for option in OPTIONS:
@@ -117,17 +151,44 @@ def cases(profile: str, engines: list[str] | None = None) -> list[tuple[str, str
                 if profile == "quick" and name not in _QUICK:
                     continue
                 found.append((engine, option, name))
+            for _ in range(RANDOM_VALUES[profile]):
+                found.append((engine, option, _random_name(option, rng)))
     return found
 
 
 def _expects_entry(option: str, name: str) -> bool:
-    """Whether a working cache with this value must keep an entry between two calls."""
-    given = _VALUES[name]
+    """Whether a working cache with this value must keep an entry between two calls: a
+    duration of 1 s or more, a size of 1 entry or 10 kB or more. Worked out here, not by
+    the library, so that the scenario judges it."""
+    given = value(name)
     if option == "version":
         return True
-    if isinstance(given, bool) or not isinstance(given, int | float):
-        return option not in SIZES or name != "'0MB'"
-    return math.isfinite(given) and given >= 1
+    amount = _amount(given, _BYTES if option in SIZES else _SECONDS)
+    least = 1 if option not in SIZES or isinstance(given, int) else 10_000
+    return amount is not None and amount >= least
+
+
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_BYTES = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "gib": 2**30, "tib": 2**40}
+_AMOUNT = re.compile(r"(-?[0-9.]+)([a-z]+)")
+
+
+def _amount(given: Any, units: dict[str, float]) -> float | None:
+    """The number `given` stands for (seconds or bytes), None when it stands for none."""
+    if isinstance(given, bool):
+        return None
+    if isinstance(given, int | float):
+        return float(given) if abs(given) < 1e308 else math.copysign(math.inf, given)
+    if isinstance(given, str):
+        text = given.strip().lower()
+        match = _AMOUNT.fullmatch(text)
+        if match and match.group(2) in units:
+            return float(match.group(1)) * units[match.group(2)]
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
 
 
 # --- one case --------------------------------------------------------------------------------
@@ -198,7 +259,7 @@ def run_case(engine: str, option: str, name: str, url: str | None, index: int) -
         return 2 * x
 
     try:
-        decorate = _decorator(engine, folder, url, {option: _VALUES[name]})
+        decorate = _decorator(engine, folder, url, {option: value(name)})
         cached = decorate(adouble if engine in _ASYNC else double)
     except Exception as exc:  # judged: a refusal must be clear
         return _refusal(option, exc)
@@ -211,7 +272,9 @@ def run_case(engine: str, option: str, name: str, url: str | None, index: int) -
             first = _exercise(cached, runs, faults, wrong)
         hits_ok = first <= 2 or not _expects_entry(option, name)  # f(1) twice, then f(2)
         served = cached.cache_engine.name
-        switched = served != _served(engine) and not (served == "null" and _stores_nothing(name))
+        switched = served != _served(engine) and not (
+            served == "null" and _stores_nothing(option, name)
+        )
     finally:
         try:
             _close(cached)
@@ -235,9 +298,9 @@ def _guard(faults: list[str], method: str, call: Any, *args: Any) -> Any:
         return None
 
 
-def _stores_nothing(name: str) -> bool:
-    """Whether a maxsize of this value switches caching off (the null engine serves it)."""
-    return name in ("0", "'0MB'")
+def _stores_nothing(option: str, name: str) -> bool:
+    """Whether this value switches caching off (the null engine serves `maxsize=0`)."""
+    return option == "maxsize" and _amount(value(name), _BYTES) == 0
 
 
 def _exercise(cached: Any, runs: list[int], faults: list[str], wrong: list[str]) -> int:
@@ -291,7 +354,7 @@ def _per_entry(engine: str, folder: str, url: str | None, name: str) -> dict[str
     engine expires entries): refused by that `set` naming ttl, or stored and read back."""
     from twat_cache import CacheContext
 
-    given = _VALUES[name]
+    given = value(name)
     options: dict[str, Any] = {"ttl": 60, "folder_name": folder}
     if engine in _SERVER:
         options["url"] = url
@@ -449,9 +512,10 @@ def _read_journal(journal: Path, results: dict[int, dict[str, Any]]) -> int | No
 def main(
     profile: str, engines: list[str], redis_url: str | None, seed: int
 ) -> list[dict[str, Any]]:
-    del seed  # nothing is random here
     rows = Rows(NAME)
-    chosen = [c for c in cases(profile, engines) if redis_url is not None or c[0] not in _SERVER]
+    chosen = [
+        c for c in cases(profile, engines, seed) if redis_url is not None or c[0] not in _SERVER
+    ]
     if redis_url is None and "redis" in engines:
         for engine in sorted(_SERVER):
             rows.skip(engine, "crashes (interpreter died)", "skipped: no redis-server")
