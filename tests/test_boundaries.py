@@ -258,6 +258,7 @@ def test_never_expiring_idioms_do_not_abort_the_interpreter(
     assert run.stdout.split() == ["1", "1"]
 
 
+@pytest.mark.redis
 def test_a_redis_ttl_of_sys_maxsize_caches(redis_url: str) -> None:
     import redis
 
@@ -276,6 +277,7 @@ def test_a_redis_ttl_of_sys_maxsize_caches(redis_url: str) -> None:
     client.close()
 
 
+@pytest.mark.redis
 @pytest.mark.parametrize("timeout", [1e10, sys.maxsize, "1000000000d"], ids=repr)
 def test_a_huge_server_timeout_leaves_every_method_working(redis_url: str, timeout: Any) -> None:
     runs: list[int] = []
@@ -365,6 +367,7 @@ def test_boundary_value_on_a_local_engine(
     check_case(case, local_results[case])
 
 
+@pytest.mark.redis
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("case", REMOTE, ids=_case_id)
 def test_boundary_value_on_a_server_engine(
