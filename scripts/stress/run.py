@@ -55,6 +55,7 @@ SCENARIOS = (
     "stampede",
     "permissions",
     "differential",
+    "boundaries",
 )
 #: Scenarios that need the shared redis-server (outage starts servers of its own).
 _ON_SERVER = {
@@ -66,6 +67,7 @@ _ON_SERVER = {
     "stampede",
     "permissions",
     "differential",
+    "boundaries",
 }
 #: Seconds one scenario may run before it is stopped and reported as failed.
 TIMEOUT = {"full": 4 * 3600.0, "quick": 120.0}

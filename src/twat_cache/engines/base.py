@@ -7,7 +7,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
 
-from twat_cache.config import DEFAULT_MAXSIZE, CacheConfig
+from twat_cache.config import DEFAULT_MAXSIZE, CacheConfig, check_duration
 from twat_cache.exceptions import ConfigurationError, SecurityWarning
 
 if TYPE_CHECKING:
@@ -224,9 +224,10 @@ class BaseEngine:
                 f"the {self.name} engine was built without expiry; set ttl in its config "
                 f"(or policy='ttl') to store entries with a ttl"
             )
-        if not ttl > 0:
-            raise ConfigurationError(f"ttl must be greater than 0 seconds, got {ttl!r}")
-        return ttl
+        try:  # bounded as the configured ttl is, so the store is never handed more
+            return check_duration(ttl, "ttl")
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
 
     def get(self, key: Any, default: Any = None) -> Any:
         raise NotImplementedError
