@@ -271,6 +271,11 @@ def run_case(engine: str, option: str, name: str, url: str | None, index: int) -
         else:
             first = _exercise(cached, runs, faults, wrong)
         hits_ok = first <= 2 or not _expects_entry(option, name)  # f(1) twice, then f(2)
+        if _load_dependent(engine, option, name):
+            # A server timeout of a few ms expires whenever the machine is busy: such a
+            # fault (the call still answers) and a miss are the value working as asked.
+            faults[:] = [f for f in faults if not _TIMED_OUT.search(f)]
+            hits_ok = True
         served = cached.cache_engine.name
         switched = served != _served(engine) and not (
             served == "null" and _stores_nothing(option, name)
@@ -296,6 +301,17 @@ def _guard(faults: list[str], method: str, call: Any, *args: Any) -> Any:
     except Exception as exc:
         faults.append(f"{method}: {exc!r}"[:200])
         return None
+
+
+_TIMED_OUT = re.compile(r"Timeout|timed out|ServerUnavailable", re.IGNORECASE)
+
+
+def _load_dependent(engine: str, option: str, name: str) -> bool:
+    """A server operation timeout under 0.1 s: whether it expires depends on the load."""
+    if engine not in _SERVER or option != "timeout":
+        return False
+    given = value(name)
+    return isinstance(given, int | float) and not isinstance(given, bool) and 0 < given < 0.1
 
 
 def _stores_nothing(option: str, name: str) -> bool:
