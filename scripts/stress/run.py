@@ -55,6 +55,8 @@ SCENARIOS = (
     "stampede",
     "permissions",
     "differential",
+    "forking",
+    "interrupts",
 )
 #: Scenarios that need the shared redis-server (outage starts servers of its own).
 _ON_SERVER = {
@@ -66,6 +68,8 @@ _ON_SERVER = {
     "stampede",
     "permissions",
     "differential",
+    "forking",
+    "interrupts",
 }
 #: Seconds one scenario may run before it is stopped and reported as failed.
 TIMEOUT = {"full": 4 * 3600.0, "quick": 120.0}
