@@ -156,6 +156,55 @@ def test_a_forked_child_starts_with_no_async_flights() -> None:
         worker.join(WAIT)
 
 
+@needs_fork
+def test_locks_held_by_another_thread_at_fork_are_renewed_in_the_child() -> None:
+    from twat_cache import _bypass, registry
+
+    @mcache
+    def slow(x: int) -> int:
+        time.sleep(0.02)
+        return x
+
+    state = slow.__globals__["__twat_state"]
+    held = [state.wakeup, state.reporter._lock, registry._LOCK, _bypass._lock]
+    taken = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        for lock in held:
+            lock.acquire()
+        taken.set()
+        release.wait(WAIT)
+        for lock in reversed(held):
+            lock.release()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(WAIT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # every lock above is copied held, by a thread that does not exist here
+        try:
+            results, errors = run_threads(4, lambda i: slow(1))  # contention: the condition
+            with disabled():  # disabled()'s lock
+                bypassed = slow(1)
+
+            @mcache  # the registry's lock
+            def other(x: int) -> int:
+                return x
+
+            fine = results == [1] * 4 and errors == [None] * 4 and bypassed == 1
+            os._exit(0 if fine and other(2) == 2 else 1)
+        finally:
+            os._exit(2)
+    try:
+        assert _reap(pid) == 0
+    finally:
+        release.set()
+        holder.join(WAIT)
+
+
 # --- 2. an interrupted leader ---------------------------------------------------------------
 
 
