@@ -490,3 +490,22 @@ def test_trio_is_refused_without_stampede_protection_too() -> None:
 
     with pytest.raises(ConfigurationError, match="asyncio event loop"):
         trio_module.run(fetch, 1)
+
+
+def test_trio_is_refused_by_refresh_and_by_a_call_whose_key_fails() -> None:
+    trio_module = pytest.importorskip("trio")
+    executions: list[Any] = []
+
+    @bcache
+    async def fetch(x: Any) -> Any:
+        executions.append(x)
+        return 1
+
+    async def refresh() -> Any:
+        return await fetch.cache_refresh(1)  # type: ignore[attr-defined]
+
+    with pytest.raises(ConfigurationError, match="asyncio event loop"):
+        trio_module.run(refresh)
+    with pytest.raises(ConfigurationError, match="asyncio event loop"):
+        trio_module.run(fetch, _Unpicklable())  # no key: would run uncached
+    assert executions == []

@@ -142,6 +142,7 @@ class CallState:
         return self.func(*args, **kwargs)
 
     async def afault(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._running_loop()
         self._fault("build a key", exc)
         self.misses += 1
         return await self.func(*args, **kwargs)
@@ -503,6 +504,7 @@ class CallState:
     async def arefresh(
         self, key_of: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        self._running_loop()
         try:
             key = key_of(*args, **kwargs)
         except Exception as exc:
