@@ -47,6 +47,8 @@ def test_quick_profile_meets_every_target(tmp_path: Path) -> None:
         "permissions",
         "differential",
         "boundaries",
+        "forking",
+        "interrupts",
     }, shown
     missed = sorted(
         f"{r['scenario']} / {r['engine']}: {r['figure']}" for r in rows if r["status"] == "MISS"

@@ -56,6 +56,8 @@ SCENARIOS = (
     "permissions",
     "differential",
     "boundaries",
+    "forking",
+    "interrupts",
 )
 #: Scenarios that need the shared redis-server (outage starts servers of its own).
 _ON_SERVER = {
@@ -68,6 +70,8 @@ _ON_SERVER = {
     "permissions",
     "differential",
     "boundaries",
+    "forking",
+    "interrupts",
 }
 #: Seconds one scenario may run before it is stopped and reported as failed.
 TIMEOUT = {"full": 4 * 3600.0, "quick": 120.0}

@@ -2,9 +2,13 @@
 
 A context variable says whether the current thread or task is inside a `disabled()` block.
 Checking it on every call would cost every hit, so wrappers only check it while some block
-is open somewhere: entering the first block swaps each wrapper's reader and writer (globals
-of its generated code) for versions that consult the variable, and leaving the last block
-swaps the direct ones back.
+is alive: entering the first block swaps each wrapper's reader and writer (globals of its
+generated code) for versions that consult the variable, and when the last block is gone
+the direct ones are swapped back.
+
+A block is alive while it is open, and afterwards while a context copied inside it still
+exists: an asyncio task started in the block keeps the block's value in its context, so it
+runs uncached for its whole life, reads and writes alike, even after the block has ended.
 """
 
 from __future__ import annotations
@@ -12,20 +16,39 @@ from __future__ import annotations
 import inspect
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from twat_cache._fork import reset_in_child
+
 __all__ = ["bypassed", "disabled", "track"]
 
-_BYPASS: ContextVar[bool] = ContextVar("twat_cache_bypass", default=False)
 
-#: Reads the flag: the slow path (`CallState`) checks it directly.
+class _Block:
+    """One `disabled()` block: the context variable's value inside it. Contexts copied in
+    the block (tasks) hold it too; when the last reference goes, the block is over."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        try:
+            _ended.append(None)  # deque.append takes no lock: safe in a finalizer
+            _settle()
+        except Exception:  # at interpreter exit the module may be half torn down
+            return
+
+
+_BYPASS: ContextVar[_Block | None] = ContextVar("twat_cache_bypass", default=None)
+
+#: Reads the flag (a block, or None outside every block): the slow path checks it directly.
 bypassed = _BYPASS.get
 
 _lock = threading.Lock()
-_open = 0  # blocks open in any thread or task
+_alive = 0  # blocks alive in any thread or task
+_ended: deque[None] = deque()  # blocks gone, not yet subtracted from _alive
 _wrappers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -58,6 +81,36 @@ def _swap(wrapper: Any, guarded: bool) -> None:
     scope["__twat_put"] = _guard_put(put) if guarded else put
 
 
+def _settle() -> None:
+    """Count the blocks that ended, and swap the direct readers back when none is left.
+    A block may end in a finalizer, in any thread, even one holding `_lock`: then the
+    holder settles it when it lets go of the lock (never a blocking acquire here)."""
+    global _alive
+    while _ended and _lock.acquire(blocking=False):
+        try:
+            while _ended:
+                _ended.popleft()
+                _alive -= 1
+                if _alive == 0:
+                    for wrapper in list(_wrappers):
+                        _swap(wrapper, False)
+        finally:
+            _lock.release()
+
+
+class _ForkReset:
+    __slots__ = ("__weakref__",)
+
+    def after_fork(self) -> None:
+        global _lock
+        _lock = threading.Lock()  # the fork may have copied it held
+        _settle()
+
+
+_FORK_RESET = _ForkReset()
+reset_in_child(_FORK_RESET)
+
+
 def track(wrapper: Any) -> None:
     """Make `wrapper` (a generated cached function) obey `disabled()` blocks."""
     scope = wrapper.__globals__
@@ -65,16 +118,17 @@ def track(wrapper: Any) -> None:
     scope["__twat_direct_put"] = scope["__twat_put"]
     with _lock:
         _wrappers.add(wrapper)
-        if _open:
+        if _alive:
             _swap(wrapper, True)
+    _settle()
 
 
 @contextmanager
 def disabled() -> Iterator[None]:
     """Skip every cache inside the block: cached functions run their body, read nothing from
     their cache and store nothing in it (`cache_refresh` included). The block covers the
-    current thread, and the asyncio tasks started inside it; other threads keep caching.
-    Calls made inside count as misses.
+    current thread, and the asyncio tasks started inside it for their whole life (even when
+    they outlive the block); other threads keep caching. Calls made inside count as misses.
 
     >>> from twat_cache import disabled, mcache
     >>> calls = []
@@ -90,19 +144,15 @@ def disabled() -> Iterator[None]:
     >>> double(2), len(calls)
     (4, 3)
     """
-    global _open
+    global _alive
     with _lock:
-        _open += 1
-        if _open == 1:
+        _alive += 1  # counted before the block exists: its end is never counted first
+        if _alive == 1:
             for wrapper in list(_wrappers):
                 _swap(wrapper, True)
-    token = _BYPASS.set(True)
+    _settle()
+    token = _BYPASS.set(_Block())  # the contexts holding it (this one, tasks) keep it alive
     try:
         yield
     finally:
         _BYPASS.reset(token)
-        with _lock:
-            _open -= 1
-            if _open == 0:
-                for wrapper in list(_wrappers):
-                    _swap(wrapper, False)

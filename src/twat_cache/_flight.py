@@ -9,9 +9,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twat_cache._bypass import bypassed
+from twat_cache._fork import reset_in_child
 from twat_cache._report import FaultReporter
 from twat_cache._results import PLAIN_RESULTS, consumable
 from twat_cache.engines.base import MISS, capabilities_of, put_of
+from twat_cache.exceptions import ConfigurationError
 
 __all__ = ["CallState", "in_thread"]
 
@@ -56,6 +58,7 @@ class CallState:
     """
 
     __slots__ = (
+        "__weakref__",
         "_aget",
         "_alease",
         "_arelease",
@@ -112,6 +115,18 @@ class CallState:
             native = capabilities.async_native
             self._alease = engine.alease if native else in_thread(engine.lease)
             self._arelease = engine.arelease if native else in_thread(engine.release)
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's flights and waiters (their threads and
+        event loops do not exist here, so waiting for them would never end) and renew the
+        condition, which the fork may have copied while another thread held it. The dicts
+        are emptied in place: the generated wrapper holds them."""
+        self.flights.clear()
+        self.waiting.clear()
+        self.aflights.clear()
+        self.wakeup = threading.Condition(threading.Lock())
+        self.reporter.after_fork()
 
     # --- faults -----------------------------------------------------------------------
 
@@ -127,6 +142,7 @@ class CallState:
         return self.func(*args, **kwargs)
 
     async def afault(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._running_loop()
         self._fault("build a key", exc)
         self.misses += 1
         return await self.func(*args, **kwargs)
@@ -144,25 +160,18 @@ class CallState:
         outage too), without a lease or a write: the store just failed, and each would add
         its own timeout to the call while the breaker is still closed."""
         self._fault("read", exc)
-        if not self.lock:
+        if not self.lock or bypassed():
             return self._compute(key, args, kwargs, store=False)
         token = (threading.get_ident(),)
         if self.flights.setdefault(key, token) is not token:
             return self.follow(key, token, args, kwargs)
-        try:  # the leader's side of the protocol the generated wrapper inlines
-            value = self._compute(key, args, kwargs, store=False)
-        except BaseException as error:
-            self.abandon(key, error)
-            raise
-        del self.flights[key]
-        if self.waiting:
-            self.hand_over(key, value, None)
-        return value
+        return self.lead(key, args, kwargs, degraded=True)
 
     async def adegraded(
         self, exc: Exception, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """`degraded` for async wrappers: once per key and event loop, nothing stored."""
+        self._running_loop()  # a blocking engine's read fails outside asyncio: not a fault
         self._fault("read", exc)
         return await self.amiss(key, args, kwargs, degraded=True)
 
@@ -238,16 +247,47 @@ class CallState:
         if self.waiting:
             self.hand_over(key, _INTERRUPTED, exc if isinstance(exc, Exception) else None)
 
+    def lead(
+        self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, degraded: bool = False
+    ) -> Any:
+        """The leader's side of the protocol, for a caller that published its token in
+        `flights` on the slow path (the generated wrapper inlines the same steps): read the
+        key again (a flight that ended meanwhile stored it), else compute it; then hand the
+        outcome to the waiters. When `degraded`, neither read nor write the engine."""
+        try:
+            value = MISS if degraded else self._reread(key)
+            if value is not MISS:
+                self.shared_hits += 1
+            elif degraded:
+                value = self._compute(key, args, kwargs, store=False)
+            elif self.lease is not None:
+                value = self.leased(key, args, kwargs)
+            else:
+                value = self._compute(key, args, kwargs)
+        except BaseException as error:
+            self.abandon(key, error)
+            raise
+        del self.flights[key]
+        if self.waiting:
+            self.hand_over(key, value, None)
+        return value
+
     def follow(
         self, key: Any, token: tuple[int], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Another call is computing `key`: wait for its outcome and share it."""
+        """Another call is computing `key`: wait for its outcome and share it. When the
+        flight ends without an outcome to share (its leader was interrupted, or its value
+        could not be stored), the waiters elect one new leader among themselves, as tasks
+        do: the first to publish its token computes, the others wait for it."""
+        if bypassed():
+            # Inside disabled() every call runs the function: none waits for another's.
+            return self._compute(key, args, kwargs)
         while True:
             leader = self.flights.get(key)
             if leader is None:
-                # The flight ended before we could wait: it stored its value, unless the
-                # value could not be stored or it raised; then compute ourselves.
-                return self._reread_or_compute(key, args, kwargs)
+                if self.flights.setdefault(key, token) is token:
+                    return self.lead(key, args, kwargs)
+                continue  # another waiter took the lead first: follow it
             if leader[0] == token[0]:
                 # Re-entry on the key this thread is computing: waiting would deadlock.
                 return self._compute(key, args, kwargs)
@@ -266,25 +306,12 @@ class CallState:
                     if not outcome.waiters and not outcome.done:
                         del self.waiting[key]
             if not outcome.done or (outcome.value is _INTERRUPTED and outcome.error is None):
-                continue  # the flight ended unseen, or its leader was interrupted
+                continue  # the flight ended unseen, or with nothing to share: elect anew
             if outcome.error is not None:
                 self.misses += 1
                 raise outcome.error
             self.shared_hits += 1
             return outcome.value
-
-    def _reread_or_compute(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if bypassed():
-            return self._compute(key, args, kwargs)
-        try:
-            value = self.engine.get(key, MISS)
-        except Exception as exc:
-            self._fault("read", exc)
-            value = MISS
-        if value is MISS:
-            return self._compute(key, args, kwargs)
-        self.shared_hits += 1
-        return value
 
     def _compute(
         self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, store: bool = True
@@ -356,6 +383,8 @@ class CallState:
                 return value
 
     def _reread(self, key: Any) -> Any:
+        if bypassed():
+            return MISS
         try:
             return self.engine.get(key, MISS)
         except Exception as exc:
@@ -373,9 +402,10 @@ class CallState:
         Flights are per event loop (a future belongs to one loop): tasks of two loops in
         two threads are each protected within their own loop.
         """
-        if not self.lock:
+        loop = self._running_loop()
+        if not self.lock or bypassed():
+            # Inside disabled() every call runs the function: none waits for another's.
             return await self._acompute(key, args, kwargs, store=not degraded)
-        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         slot = (key, id(loop))  # the loop is alive while it runs this code
         while True:
@@ -398,6 +428,18 @@ class CallState:
                 raise
             self.shared_hits += 1
             return value
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            # trio, or anyio's trio backend: flights, leases and blocking engines all run on
+            # asyncio, so refuse at the first miss rather than fail deep inside.
+            raise ConfigurationError(
+                f"cache {self.reporter.name!r}: cached async functions need a running asyncio "
+                "event loop, and none is running (trio, and anyio's trio backend, are not "
+                "supported: run under asyncio, or anyio with backend='asyncio')"
+            ) from None
 
     async def _acompute(
         self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, store: bool = True
@@ -462,6 +504,7 @@ class CallState:
     async def arefresh(
         self, key_of: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        self._running_loop()
         try:
             key = key_of(*args, **kwargs)
         except Exception as exc:

@@ -11,7 +11,11 @@ from pathlib import Path
 from twat_cache.exceptions import CacheFaultWarning, CacheWarning
 from twat_cache.logging import logger
 
-__all__ = ["WRAPPER_FILENAME_PREFIX", "FaultReporter", "warn"]
+__all__ = ["WRAPPER_FILENAME_PREFIX", "FaultReporter", "shorten", "warn"]
+
+#: The longest text of one fault a warning quotes: a key fault of a deeply nested argument
+#: names its path (`x[0][0]...`), which may be any length.
+MAX_DETAIL = 200
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 #: Generated wrappers are compiled under this pseudo file name (see `_wrap.py`).
@@ -33,6 +37,14 @@ def _user_stacklevel() -> int:
         frame = frame.f_back  # type: ignore[assignment]  # None ends the loop
         level += 1
     return level
+
+
+def shorten(text: str, limit: int = MAX_DETAIL) -> str:
+    """`text`, or its beginning and end around an ellipsis when it is longer than `limit`."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) * 2 // 3
+    return f"{text[:head]}\u2026{text[len(text) - (limit - 1 - head) :]}"
 
 
 def warn(message: str, category: type[Warning] = CacheWarning) -> None:
@@ -60,15 +72,23 @@ class FaultReporter:
             first = kind not in self._seen
             self._seen.add(kind)
         if first:
+            detail = shorten(str(exc))
             logger.opt(exception=exc).warning(
-                "cache {} failed to {}: {!r}; going on without the cache", self.name, operation, exc
+                "cache {} failed to {}: {}; going on without the cache",
+                self.name,
+                operation,
+                shorten(repr(exc)),
             )
             warnings.warn(
                 f"twat_cache: cache {self.name!r} failed to {operation} ({type(exc).__name__}: "
-                f"{exc}); the call goes on without the cache (reported once)",
+                f"{detail}); the call goes on without the cache (reported once)",
                 CacheFaultWarning,
                 stacklevel=_user_stacklevel(),
             )
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (the fork may have copied this one held)."""
+        self._lock = threading.Lock()
 
     def reset(self) -> None:
         with self._lock:

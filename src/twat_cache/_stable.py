@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType, MethodType, ModuleType
 from typing import Any
 
+from twat_cache._report import shorten
 from twat_cache.exceptions import KeyBuildError
 
 __all__ = [
@@ -101,6 +102,11 @@ def kind(cls: type, out: list[bytes], where: str, depth: int) -> None:
     out.append(known)
 
 
+def _path(where: str) -> str:
+    """An argument's path as an error message shows it: bounded, however deep it lies."""
+    return shorten(where, 100)
+
+
 class NestingError(KeyBuildError):
     """A value nested deeper than `MAX_DEPTH` (almost always one that contains itself)."""
 
@@ -108,7 +114,7 @@ class NestingError(KeyBuildError):
 def encode(value: Any, out: list[bytes], where: str, depth: int = 0) -> None:
     """Append the canonical bytes of `value`; `where` names it in error messages."""
     if depth > MAX_DEPTH:
-        raise NestingError(f"argument {where} is nested too deeply (or refers to itself)")
+        raise NestingError(f"argument {_path(where)} is nested too deeply (or refers to itself)")
     cls = type(value)
     tag = _ATOMS.get(cls)
     if tag is not None:
@@ -155,7 +161,7 @@ def encode(value: Any, out: list[bytes], where: str, depth: int = 0) -> None:
         try:
             raw = value.raw()
         except BufferError as exc:
-            raise KeyBuildError(f"argument {where} holds a non-contiguous buffer") from exc
+            raise KeyBuildError(f"argument {_path(where)} holds a non-contiguous buffer") from exc
         buffer(b"P", raw, out)
     else:
         _callable_or_object(value, out, where, depth)
@@ -246,7 +252,7 @@ def _reduction(value: Any, where: str) -> Any:
         return value.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise KeyBuildError(
-            f"argument {where} ({type(value).__name__}) cannot be pickled, so it has no key "
+            f"argument {_path(where)} ({type(value).__name__}) cannot be pickled, so it has no key "
             f"stable across processes: pass key= or ignore= for it ({exc})"
         ) from exc
 

@@ -23,7 +23,14 @@ from twat_cache._report import WRAPPER_FILENAME_PREFIX
 from twat_cache._results import PLAIN_RESULTS
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
-from twat_cache.engines.base import MISS, Capabilities, capabilities_of, engine_name, put_of
+from twat_cache.engines.base import (
+    MISS,
+    Capabilities,
+    NullEngine,
+    capabilities_of,
+    engine_name,
+    put_of,
+)
 from twat_cache.exceptions import ConfigurationError
 from twat_cache.identity import describe, key_builder
 from twat_cache.keys import (
@@ -279,13 +286,16 @@ def wrap(
     plan = _plan(func, config)
     capabilities = capabilities_of(engine)
     stable = capabilities.stable_keys
+    # Stampede protection shares one computation among concurrent callers; a store that
+    # keeps nothing (maxsize=0) promises that every call runs the function, so none waits.
+    lock = config.lock and not isinstance(engine, NullEngine)
     state = CallState(
         func,
         engine,
         name=name,
-        lock=config.lock,
+        lock=lock,
         fallback=config.fallback,
-        lease=config.lease if config.lock and capabilities.leases else None,
+        lease=config.lease if lock and capabilities.leases else None,
     )
     norm = make_normalizer(config.typed)
     fast = FAST_TYPES if config.typed else FAST_TYPES | {float, bool}
@@ -350,7 +360,7 @@ def wrap(
         if state.lease is not None
         else compute_and_store
     )
-    miss = (_SYNC_MISS_LOCKED if config.lock else _SYNC_MISS_UNLOCKED).format(
+    miss = (_SYNC_MISS_LOCKED if lock else _SYNC_MISS_UNLOCKED).format(
         args=args,
         kwargs=kwargs,
         compute_and_store_4=compute_and_store.replace("\n", "\n" + " " * 4),
@@ -474,18 +484,28 @@ def _attach(
         counts(True)
         state.reset()
 
+    check_self = _self_checker(state.func)
+
+    def cache_key(*args: Any, **kwargs: Any) -> Any:
+        """The key these arguments would use."""
+        check_self("cache_key", args, kwargs)
+        return key_of(*args, **kwargs)
+
     def cache_delete(*args: Any, **kwargs: Any) -> bool:
         """Delete the entry these arguments would use; True if there was one."""
+        check_self("cache_delete", args, kwargs)
         return bool(engine.delete(key_of(*args, **kwargs)))
 
     async def acache_delete(*args: Any, **kwargs: Any) -> bool:
         """`cache_delete` for async engines."""
+        check_self("acache_delete", args, kwargs)
         key = key_of(*args, **kwargs)
         return bool(await engine.adelete(key) if async_engine else engine.delete(key))
 
     def cache_refresh(*args: Any, **kwargs: Any) -> Any:
         """Call the function again with these arguments and store the new result (for an
         async function: a coroutine to await)."""
+        check_self("cache_refresh", args, kwargs)
         if is_async:
             return state.arefresh(key_of, args, kwargs)
         return state.refresh(key_of, args, kwargs)
@@ -506,12 +526,58 @@ def _attach(
         acache_clear=acache_clear,
         cache_delete=cache_delete,
         acache_delete=acache_delete,
-        cache_key=key_of,
+        cache_key=cache_key if check_self is not _no_check else key_of,
         cache_refresh=cache_refresh,
         cache_parameters=cache_parameters,
         cache_engine=engine,
         cache_name=name,
     )
+
+
+def _no_check(attribute: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    return None
+
+
+def _self_checker(
+    func: Callable[..., Any],
+) -> Callable[[str, tuple[Any, ...], dict[str, Any]], None]:
+    """For a method (a function of a class body taking `self` first): a check that the
+    cache attributes got an instance of that class as `self`.
+
+    `obj.method.cache_refresh(x)` reaches the function's own attribute: a bound method
+    forwards attribute lookups to its function, which cannot learn the instance. Called so,
+    `x` would silently become `self`; it is refused, naming the spelling that works,
+    `type(obj).method.cache_refresh(obj, x)`.
+    """
+    qualname = getattr(func, "__qualname__", None)
+    owner, dot, method = qualname.rpartition(".") if isinstance(qualname, str) else ("", "", "")
+    signature = own_signature(func)
+    first = next(iter(signature.parameters.values()), None) if signature is not None else None
+    if (
+        not dot
+        or owner.endswith("<locals>")
+        or first is None
+        or first.name != "self"
+        or first.kind not in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD)
+    ):
+        return _no_check
+    module = getattr(func, "__module__", None)
+
+    def check(attribute: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        instance = args[0] if args else kwargs.get("self", MISS)
+        if instance is MISS:
+            return  # no self at all: the call itself reports the missing argument
+        for cls in type(instance).__mro__:
+            if getattr(cls, "__qualname__", None) == owner and cls.__module__ == module:
+                return
+        raise TypeError(
+            f"{owner}.{method}.{attribute}() takes the instance first, and got "
+            f"{type(instance).__name__} as self: a bound method cannot pass its instance to "
+            f"{attribute}, so call it through the class: "
+            f"type(obj).{method}.{attribute}(obj, ...)"
+        )
+
+    return check
 
 
 def publish(wrapper: Any, **attributes: Any) -> None:

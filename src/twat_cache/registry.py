@@ -6,6 +6,7 @@ import threading
 import weakref
 from typing import Any
 
+from twat_cache._fork import reset_in_child
 from twat_cache.engines.base import engine_name
 from twat_cache.exceptions import CacheError
 
@@ -22,6 +23,18 @@ __all__ = [
 # Weak references only: the registry must not keep a function, or its cache, alive.
 _CACHES: dict[str, weakref.ref[Any]] = {}
 _LOCK = threading.Lock()
+
+
+class _ForkReset:
+    __slots__ = ("__weakref__",)
+
+    def after_fork(self) -> None:
+        global _LOCK
+        _LOCK = threading.Lock()  # a fork may copy it held by another thread
+
+
+_FORK_RESET = _ForkReset()
+reset_in_child(_FORK_RESET)
 
 
 class UnknownCacheError(CacheError, KeyError):
