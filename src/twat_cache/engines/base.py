@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
 
+from twat_cache._fork import reset_in_child
 from twat_cache.config import DEFAULT_MAXSIZE, CacheConfig, check_duration
 from twat_cache.exceptions import ConfigurationError, SecurityWarning
+
+_RLOCK = type(threading.RLock())
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -198,6 +202,23 @@ class BaseEngine:
 
     def __init__(self, config: CacheConfig | None = None) -> None:
         self.config = config if config is not None else CacheConfig()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child (see `_fork.py`): the engine's `_lock`, if it has one, may have
+        been held by a thread of the parent that does not exist here, and would be held for
+        ever; it is renewed. An in-process store that thread may have left half-updated is
+        emptied (the child computes again); a persistent or shared store is kept, and an
+        engine with connections renews them in its own `after_fork`."""
+        lock = getattr(self, "_lock", None)
+        if lock is None or not hasattr(lock, "acquire"):
+            return
+        held = not lock.acquire(blocking=False)
+        if not held:
+            lock.release()
+        self._lock = threading.RLock() if isinstance(lock, _RLOCK) else threading.Lock()
+        if held and not (self.capabilities.persistent or self.capabilities.shared):
+            self.clear()
 
     @classmethod
     def unsupported(cls, config: CacheConfig) -> str | None:
