@@ -18,7 +18,12 @@ import pytest
 
 from _support import run_threads
 from twat_cache import acache, bcache, disabled, mcache
-from twat_cache.exceptions import CacheFaultWarning, ConfigurationError, KeyBuildError
+from twat_cache.exceptions import (
+    CacheFaultWarning,
+    ConfigurationError,
+    KeyBuildError,
+    UnsupportedEventLoopError,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -471,9 +476,10 @@ def test_acache_refuses_trio_clearly_at_the_first_call(runner: str, decorator: s
             return int(trio_module.run(main))
         return int(anyio.run(main, backend="trio"))
 
-    with pytest.raises(ConfigurationError, match="asyncio event loop") as caught:
+    with pytest.raises(UnsupportedEventLoopError, match="asyncio event loop") as caught:
         run()
     assert "trio" in str(caught.value)
+    assert isinstance(caught.value, ConfigurationError | RuntimeError)
     assert executions == []
     # the same function under asyncio, and anyio's asyncio backend, caches as usual
     assert asyncio.run(main()) == 1
@@ -488,7 +494,7 @@ def test_trio_is_refused_without_stampede_protection_too() -> None:
     async def fetch(x: int) -> int:
         return x
 
-    with pytest.raises(ConfigurationError, match="asyncio event loop"):
+    with pytest.raises(UnsupportedEventLoopError, match="asyncio event loop"):
         trio_module.run(fetch, 1)
 
 
@@ -504,8 +510,8 @@ def test_trio_is_refused_by_refresh_and_by_a_call_whose_key_fails() -> None:
     async def refresh() -> Any:
         return await fetch.cache_refresh(1)  # type: ignore[attr-defined]
 
-    with pytest.raises(ConfigurationError, match="asyncio event loop"):
+    with pytest.raises(UnsupportedEventLoopError, match="asyncio event loop"):
         trio_module.run(refresh)
-    with pytest.raises(ConfigurationError, match="asyncio event loop"):
+    with pytest.raises(UnsupportedEventLoopError, match="asyncio event loop"):
         trio_module.run(fetch, _Unpicklable())  # no key: would run uncached
     assert executions == []

@@ -13,7 +13,7 @@ from twat_cache._fork import reset_in_child
 from twat_cache._report import FaultReporter
 from twat_cache._results import PLAIN_RESULTS, consumable
 from twat_cache.engines.base import MISS, capabilities_of, put_of
-from twat_cache.exceptions import ConfigurationError
+from twat_cache.exceptions import UnsupportedEventLoopError
 
 __all__ = ["CallState", "in_thread"]
 
@@ -435,7 +435,7 @@ class CallState:
         except RuntimeError:
             # trio, or anyio's trio backend: flights, leases and blocking engines all run on
             # asyncio, so refuse at the first miss rather than fail deep inside.
-            raise ConfigurationError(
+            raise UnsupportedEventLoopError(
                 f"cache {self.reporter.name!r}: cached async functions need a running asyncio "
                 "event loop, and none is running (trio, and anyio's trio backend, are not "
                 "supported: run under asyncio, or anyio with backend='asyncio')"

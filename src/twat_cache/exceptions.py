@@ -12,6 +12,7 @@ __all__ = [
     "KeyBuildError",
     "SecurityWarning",
     "ServerUnavailableError",
+    "UnsupportedEventLoopError",
 ]
 
 
@@ -40,6 +41,12 @@ class ConfigurationError(CacheError):
     ...     print(error)
     policy='ttl' needs a ttl (for example ttl='10m')
     """
+
+
+class UnsupportedEventLoopError(ConfigurationError, RuntimeError):
+    """A cached async function was awaited outside a running asyncio event loop (under trio,
+    or anyio's trio backend); raised at its first call, before the function runs. A
+    `RuntimeError` too, as the bare error it replaces was."""
 
 
 class EngineError(CacheError):
