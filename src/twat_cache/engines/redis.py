@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
-import threading
-import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable
 from typing import Any, ClassVar
 
 import redis
@@ -16,16 +15,19 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from twat_cache._fork import reset_in_child
 from twat_cache.config import REDIS_URL_ENV, CacheConfig
 from twat_cache.engines._redis_breaker import FAILURES_TO_OPEN, breaker_for, server_name
+from twat_cache.engines._redis_clients import PerLoop, async_pool, not_the_servers, sync_pool
 from twat_cache.engines.base import Capabilities, SerializingEngine
 from twat_cache.exceptions import ConfigurationError
-from twat_cache.serializers import PayloadError
+from twat_cache.serializers import PayloadError, UnserializableError
 
-__all__ = ["DEFAULT_REMOTE_MAXSIZE", "FAILURES_TO_OPEN", "URL_ENV", "RedisEngine"]
+__all__ = ["DEFAULT_REMOTE_MAXSIZE", "FAILURES_TO_OPEN", "URL_ENV", "RedisEngine", "key_space"]
 
 #: The environment variable giving the server when a cache has no `url`.
 URL_ENV = REDIS_URL_ENV
@@ -34,7 +36,15 @@ URL_ENV = REDIS_URL_ENV
 DEFAULT_REMOTE_MAXSIZE = 100_000
 _SCAN_BATCH = 500
 _SCHEMES = ("redis://", "rediss://", "unix://")
-_GLOB = re.compile(r"([*?\[\]\\])")
+# What a cache name may not bring into its key space: the braces of the hash tag, the `:`
+# that separates a key's parts, the glob characters of SCAN's pattern, `%` (the escape
+# itself), and whitespace or control characters (an unreadable key in redis-cli).
+_UNSAFE = re.compile(r"[{}:%*?\[\]\\\x00-\x20\x7f]")
+# The server setting that bounds one value (a bulk string of the protocol): 512 MB unless
+# configured, and never below 1 MB, so payloads up to that size are sent without asking.
+_MAX_VALUE_SETTING = "proto-max-bulk-len"
+_DEFAULT_MAX_VALUE = 512 * 1024 * 1024
+_ALWAYS_TAKEN = 1024 * 1024
 _DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
 # The score of KEYS[1] in the index KEYS[2]: its hit count under lfu, else the server's time
@@ -101,20 +111,51 @@ return 0
 """
 
 
+def key_space(name: str) -> str:
+    """`name` as it appears in server keys: the characters in `_UNSAFE` percent-encoded
+    (their UTF-8 bytes), so that no name reaches into another cache's keys (``shop`` and
+    ``shop}:x`` stay apart) and a clear pattern needs no escaping. Common names
+    (``module.qualname``, ``<locals>``) are unchanged.
+
+    >>> key_space("shop}:x")
+    'shop%7D%3Ax'
+    """
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
+
+
+def _largest_value(settings: dict[Any, Any]) -> int:
+    for name in (_MAX_VALUE_SETTING, _MAX_VALUE_SETTING.encode()):
+        if name in settings:
+            return int(settings[name])
+    return _DEFAULT_MAX_VALUE
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+async def _shielded(release: Awaitable[Any]) -> None:
+    """Run `release` to its end even if the awaiting task is cancelled (again) meanwhile;
+    its failure is left to the lease's own expiry."""
+    task = asyncio.ensure_future(release)
+    try:
+        await asyncio.shield(task)
+    except BaseException:  # cancelled while waiting: the task still runs to its end
+        task.add_done_callback(_quiet)
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed release is no "never retrieved" warning
+
+
+def _scripts_of(client: Any) -> dict[str, Any]:
+    sources = (("store", _STORE), ("touch", _TOUCH), ("release", _RELEASE))
+    return {name: client.register_script(source) for name, source in sources}
+
+
 def _url_of(config: CacheConfig) -> str | None:
     return config.url or os.environ.get(URL_ENV) or None
-
-
-async def _closing(client: Any, forget: Callable[[], object]) -> AsyncIterator[None]:
-    # An async generator first iterated in a loop is closed by the loop's
-    # `shutdown_asyncgens()` (asyncio.run calls it): the client's connections are then
-    # closed inside their own loop, before it closes, and the engine forgets the loop (its
-    # entry holds the loop, which could otherwise never be collected).
-    try:
-        yield
-    finally:
-        forget()
-        await client.aclose()
 
 
 class RedisEngine(SerializingEngine):
@@ -161,32 +202,44 @@ class RedisEngine(SerializingEngine):
             raise ConfigurationError(f"the redis engine needs a url or ${URL_ENV}")
         self.url = url
         self.server = server_name(url)
-        cache = config.name or config.folder_name
-        version = config.version if config.version is not None else 0
+        cache = key_space(config.name or config.folder_name or "")
+        version = key_space(str(config.version if config.version is not None else 0))
         self._prefix = f"twat_cache:{{{cache}}}:{version}:"
         # Every version's entries (clear), this version's (len); the index and the leases
         # are named apart from both, so that neither pattern counts them.
-        self._all = _GLOB.sub(r"\\\1", f"twat_cache:{{{cache}}}:") + "*"
-        self._live = _GLOB.sub(r"\\\1", self._prefix) + "*"
+        # Neither `cache` nor `version` has a glob character left (see `key_space`).
+        self._all = f"twat_cache:{{{cache}}}:*"
+        self._live = self._prefix + "*"
         self._index = f"twat_cache:{{{cache}}}#index"
         self._leases = f"twat_cache:{{{cache}}}#lease:{version}:"
         self._limit = self.maxsize or 0
         self._policy = config.policy
         self._touch = config.policy in ("lru", "lfu")
-        self._breaker = breaker_for(self.server, config.cooldown)
+        self._breaker = breaker_for(url, config.cooldown)
         self._options: dict[str, Any] = {
             "socket_timeout": config.timeout,
             "socket_connect_timeout": config.timeout,
         }
-        self._client: Any = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._options)
-        self._scripts = {
-            name: self._client.register_script(source)
-            for name, source in (("store", _STORE), ("touch", _TOUCH), ("release", _RELEASE))
-        }
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
+        self._max_value: int | None = None  # the server's largest value, learned when needed
+        self._open()
+        self._loops: PerLoop[tuple[Any, dict[str, Any]]] = PerLoop(
+            self._new_aclient, lambda entry: entry[0], lambda entry: entry[0].aclose()
         )
-        self._loops_lock = threading.Lock()
+        reset_in_child(self)
+
+    def _open(self) -> None:
+        pool = sync_pool(self.url, retry=Retry(NoBackoff(), 0), **self._options)
+        self._client: Any = redis.Redis.from_pool(pool)
+        self._scripts = _scripts_of(self._client)
+
+    def _new_aclient(self) -> tuple[Any, dict[str, Any]]:
+        pool = async_pool(self.url, retry=AsyncRetry(NoBackoff(), 0), **self._options)
+        client = aredis.Redis.from_pool(pool)
+        return client, _scripts_of(client)
+
+    def after_fork(self) -> None:
+        """In a forked child: a client of its own (the parent's sockets stay the parent's)."""
+        self._open()
 
     @property
     def location(self) -> str:
@@ -210,7 +263,7 @@ class RedisEngine(SerializingEngine):
         try:
             result = operation(*args, **kwargs)
         except _DOWN as exc:
-            raise breaker.failed(exc) from exc
+            raise self._failure(exc) from exc
         if breaker.failures:
             breaker.succeeded()
         return result
@@ -221,34 +274,19 @@ class RedisEngine(SerializingEngine):
         try:
             result = await operation(*args, **kwargs)
         except _DOWN as exc:
-            raise breaker.failed(exc) from exc
+            raise self._failure(exc) from exc
         if breaker.failures:
             breaker.succeeded()
         return result
 
-    async def _aclient(self) -> tuple[Any, dict[str, Any]]:
-        """This event loop's client and scripts: redis.asyncio connections belong to the
-        loop that opened them."""
-        loop = asyncio.get_running_loop()
-        entry = self._loops.get(loop)
-        if entry is None:
-            client = aredis.Redis.from_url(
-                self.url, retry=AsyncRetry(NoBackoff(), 0), **self._options
-            )
-            scripts = {
-                name: client.register_script(source)
-                for name, source in (("store", _STORE), ("touch", _TOUCH), ("release", _RELEASE))
-            }
-            closer = _closing(client, lambda: self._forget(loop))
-            await closer.__anext__()
-            entry = (client, scripts, closer)
-            with self._loops_lock:
-                self._loops[loop] = entry
-        return entry[0], entry[1]
+    def _failure(self, exc: Exception) -> Exception:
+        # Only what says the server is down or hung counts toward its breaker: a wrong
+        # password belongs to this cache, a busy pool to this process.
+        return not_the_servers(exc, self.server) or self._breaker.failed(exc)
 
-    def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._loops_lock:
-            self._loops.pop(loop, None)
+    async def _aclient(self) -> tuple[Any, dict[str, Any]]:
+        """This event loop's client and scripts."""
+        return await self._loops.get()
 
     def _full(self, key: Any) -> str:
         return self._prefix + self.key_text(key)
@@ -287,8 +325,44 @@ class RedisEngine(SerializingEngine):
             payload = self._call(self._client.get, full)
         return self._decode(key, payload, default)
 
+    def _too_large(self, size: int, largest: int) -> UnserializableError:
+        self._max_value = largest
+        return UnserializableError(
+            f"a payload of {size:,} bytes is larger than {self.server} takes "
+            f"(proto-max-bulk-len {largest:,}): it is not stored"
+        )
+
+    def _check_size(self, payload: bytes) -> None:
+        # The server drops the connection of a client sending a longer value, which would
+        # look like a server failure: a property of the value is checked before it is sent.
+        size = len(payload)
+        if size <= _ALWAYS_TAKEN or size <= (self._max_value or 0):
+            return
+        if self._max_value is None:
+            try:
+                found = self._call(self._client.config_get, _MAX_VALUE_SETTING)
+            except ResponseError:  # CONFIG is renamed or forbidden: the documented default
+                found = {}
+            self._max_value = _largest_value(found)
+        if size > self._max_value:
+            raise self._too_large(size, self._max_value)
+
+    async def _acheck_size(self, client: Any, payload: bytes) -> None:
+        size = len(payload)
+        if size <= _ALWAYS_TAKEN or size <= (self._max_value or 0):
+            return
+        if self._max_value is None:
+            try:
+                found = await self._acall(client.config_get, _MAX_VALUE_SETTING)
+            except ResponseError:
+                found = {}
+            self._max_value = _largest_value(found)
+        if size > self._max_value:
+            raise self._too_large(size, self._max_value)
+
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         payload = self.serializer.dumps(value, self._full(key).encode())
+        self._check_size(payload)
         args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
         self._call(self._scripts["store"], keys=(self._full(key), self._index), args=args)
 
@@ -325,10 +399,18 @@ class RedisEngine(SerializingEngine):
     def lease(self, key: Any, seconds: float) -> str | None:
         """Take the computation lease of `key` for `seconds`: a token, or None when another
         process holds it."""
+        # The token is chosen here, before SET NX is sent: if the reply never comes back
+        # (KeyboardInterrupt, SystemExit while waiting), the lease the server may have
+        # granted is released by its token before the interrupt goes on.
         token = secrets.token_hex(16)
-        taken = self._call(
-            self._client.set, self._lease_key(key), token, nx=True, px=int(seconds * 1000)
-        )
+        lease_key = self._lease_key(key)
+        try:
+            taken = self._call(self._client.set, lease_key, token, nx=True, px=_ms(seconds))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                with contextlib.suppress(Exception):
+                    self._scripts["release"](keys=(lease_key,), args=(token,))
+            raise
         return token if taken else None
 
     def release(self, key: Any, token: str) -> None:
@@ -340,14 +422,7 @@ class RedisEngine(SerializingEngine):
 
     def close(self) -> None:
         self._client.close()
-        with self._loops_lock:
-            entries = list(self._loops.items())
-            self._loops.clear()
-        for loop, (client, _, _) in entries:
-            # A client can only be closed in its own loop: if that loop runs in another
-            # thread, ask it to; a loop already closed has closed it (see `_closing`).
-            if loop.is_running() and not loop.is_closed():
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+        self._loops.close()
 
     # --- async ------------------------------------------------------------------------
 
@@ -363,8 +438,9 @@ class RedisEngine(SerializingEngine):
         return await self._adecode(key, payload, default)
 
     async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        _, scripts = await self._aclient()
+        client, scripts = await self._aclient()
         payload = self.serializer.dumps(value, self._full(key).encode())
+        await self._acheck_size(client, payload)
         args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
         await self._acall(scripts["store"], keys=(self._full(key), self._index), args=args)
 
@@ -404,11 +480,15 @@ class RedisEngine(SerializingEngine):
         return int(await self._acall(count))
 
     async def alease(self, key: Any, seconds: float) -> str | None:
-        client, _ = await self._aclient()
+        client, scripts = await self._aclient()
         token = secrets.token_hex(16)
-        taken = await self._acall(
-            client.set, self._lease_key(key), token, nx=True, px=int(seconds * 1000)
-        )
+        lease_key = self._lease_key(key)
+        try:
+            taken = await self._acall(client.set, lease_key, token, nx=True, px=_ms(seconds))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: release what may have been taken
+                await _shielded(scripts["release"](keys=(lease_key,), args=(token,)))
+            raise
         return token if taken else None
 
     async def arelease(self, key: Any, token: str) -> None:
@@ -416,11 +496,7 @@ class RedisEngine(SerializingEngine):
         await self._acall(scripts["release"], keys=(self._lease_key(key),), args=(token,))
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        with self._loops_lock:
-            entry = self._loops.pop(loop, None)
-        if entry is not None:
-            await entry[2].aclose()  # runs `_closing`'s finally: the client closes
+        await self._loops.aclose_current()
         self.close()
 
     def __repr__(self) -> str:
