@@ -118,7 +118,7 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
         from twat_cache.engines._redis_clients import PerLoop
 
         # One aiocache cache per event loop (see PerLoop: freed with its loop).
-        self._per_loop: Any = PerLoop(self._new_cache, _client_of, _close_cache)
+        self._per_loop: PerLoop[Any] = PerLoop(self._new_cache, _client_of, _close_cache)
         self._sync_client: Any = None
         self._sync_lock = threading.Lock()
         reset_in_child(self)
@@ -282,7 +282,7 @@ def _client_of(cache: Any) -> Any:
 
 
 async def _close_cache(cache: Any) -> None:
-    client = getattr(cache, "client", None)
+    client: Any = getattr(cache, "client", None)
     aclose: Callable[[], Coroutine[Any, Any, Any]] | None = getattr(client, "aclose", None)
     try:
         if aclose is not None:  # redis-py >= 5: aiocache's close() calls its deprecated close()
