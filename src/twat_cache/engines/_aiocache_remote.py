@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from twat_cache._fork import reset_in_child
 from twat_cache.config import CacheConfig
 from twat_cache.engines.aiocache import AioCacheEngine
 from twat_cache.engines.base import Capabilities, SerializingEngine
+from twat_cache.serializers import ExpiredPayloadError
 
 __all__ = ["AioCacheRemote", "unsupported_url"]
 
@@ -190,6 +192,8 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
         try:
             # Bound to its key (signed with it): an entry copied under another key fails.
             return self.serializer.loads(payload, full.encode())
+        except ExpiredPayloadError:  # replayed after its signed expiry: a plain miss
+            return default
         except Exception as exc:  # forged, foreign or corrupt: a miss, and dropped
             await self.arejected(key, exc)
             return default
@@ -197,7 +201,8 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
     async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
         seconds = self._check_ttl(ttl)
         full = self.key_of(key)
-        payload = self.serializer.dumps(value, full.encode())
+        expires = None if seconds is None else time.time() + seconds
+        payload = self.serializer.dumps(value, full.encode(), expires)
         cache = await self._cache()
         # A float ttl is sent in milliseconds (PX); at least 1 ms, as 0 would be refused.
         expire = None if seconds is None else max(float(seconds), 0.001)

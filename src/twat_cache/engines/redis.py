@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import secrets
+import time
 from collections.abc import Awaitable
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ from twat_cache.engines._redis_breaker import FAILURES_TO_OPEN, breaker_for, ser
 from twat_cache.engines._redis_clients import PerLoop, async_pool, not_the_servers, sync_pool
 from twat_cache.engines.base import Capabilities, SerializingEngine
 from twat_cache.exceptions import ConfigurationError
-from twat_cache.serializers import PayloadError, UnserializableError
+from twat_cache.serializers import ExpiredPayloadError, PayloadError, UnserializableError
 
 __all__ = ["DEFAULT_REMOTE_MAXSIZE", "FAILURES_TO_OPEN", "URL_ENV", "RedisEngine", "key_space"]
 
@@ -296,6 +297,8 @@ class RedisEngine(SerializingEngine):
             return default
         try:
             return self.serializer.loads(payload, self._full(key).encode())
+        except ExpiredPayloadError:  # replayed after its expiry: a plain miss
+            return default
         except PayloadError as exc:
             self.rejected(key, exc)
             return default
@@ -305,13 +308,19 @@ class RedisEngine(SerializingEngine):
             return default
         try:
             return self.serializer.loads(payload, self._full(key).encode())
+        except ExpiredPayloadError:  # replayed after its expiry: a plain miss
+            return default
         except PayloadError as exc:
             await self.arejected(key, exc)
             return default
 
-    def _ttl_ms(self, ttl: float | None) -> int:
+    def _payload(self, key: Any, value: Any, ttl: float | None) -> tuple[bytes, int]:
+        """The signed payload of `value` under `key` and its time to live in ms (0: none).
+        An expiring payload carries its expiry under the signature (see serializers)."""
         seconds = self._check_ttl(ttl)
-        return max(1, int(seconds * 1000)) if seconds else 0
+        expires = time.time() + seconds if seconds else None
+        payload = self.serializer.dumps(value, self._full(key).encode(), expires)
+        return payload, _ms(seconds) if seconds else 0
 
     # --- sync -------------------------------------------------------------------------
 
@@ -361,9 +370,9 @@ class RedisEngine(SerializingEngine):
             raise self._too_large(size, self._max_value)
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        payload = self.serializer.dumps(value, self._full(key).encode())
+        payload, ms = self._payload(key, value, ttl)
         self._check_size(payload)
-        args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
+        args = (payload, ms, self._limit, self._policy)
         self._call(self._scripts["store"], keys=(self._full(key), self._index), args=args)
 
     def delete(self, key: Any) -> bool:
@@ -439,9 +448,9 @@ class RedisEngine(SerializingEngine):
 
     async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
         client, scripts = await self._aclient()
-        payload = self.serializer.dumps(value, self._full(key).encode())
+        payload, ms = self._payload(key, value, ttl)
         await self._acheck_size(client, payload)
-        args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
+        args = (payload, ms, self._limit, self._policy)
         await self._acall(scripts["store"], keys=(self._full(key), self._index), args=args)
 
     async def adelete(self, key: Any) -> bool:
