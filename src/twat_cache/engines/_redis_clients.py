@@ -223,6 +223,7 @@ def _close_sockets(client: Any) -> None:
             if sock is not None:
                 sock.close()
                 transport._sock = None  # type: ignore[union-attr]  # checked above
+                transport._closing = True  # type: ignore[union-attr]  # no "unclosed" warning
             connection._writer = connection._reader = None
         except Exception:
             continue
