@@ -55,6 +55,10 @@ SCENARIOS = (
     "stampede",
     "permissions",
     "differential",
+    "cancellation",
+    "bursts",
+    "credentials",
+    "names",
 )
 #: Scenarios that need the shared redis-server (outage starts servers of its own).
 _ON_SERVER = {
@@ -66,6 +70,9 @@ _ON_SERVER = {
     "stampede",
     "permissions",
     "differential",
+    "cancellation",
+    "bursts",
+    "names",
 }
 #: Seconds one scenario may run before it is stopped and reported as failed.
 TIMEOUT = {"full": 4 * 3600.0, "quick": 120.0}
