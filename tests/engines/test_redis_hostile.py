@@ -28,7 +28,11 @@ from twat_cache._redis_server import RedisServer, private_server  # noqa: E402
 from twat_cache.engines import _redis_breaker as breakers  # noqa: E402
 from twat_cache.engines import _redis_clients as clients  # noqa: E402
 from twat_cache.engines.redis import RedisEngine, key_space  # noqa: E402
-from twat_cache.exceptions import CacheFaultWarning, SecurityWarning  # noqa: E402
+from twat_cache.exceptions import (  # noqa: E402
+    CacheFaultWarning,
+    SecurityWarning,
+    ServerUnavailableError,
+)
 from twat_cache.serializers import MAC_SIZE, UnserializableError, sign, verify  # noqa: E402
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
@@ -230,6 +234,7 @@ class SlowReplies:
     def __init__(self, port: int) -> None:
         self.target = port
         self.delay = 0.0
+        self.hold_next = 0.0  # seconds to hold the next reply only
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = [self._listener]
@@ -253,6 +258,9 @@ class SlowReplies:
     def _pipe(self, source: socket.socket, sink: socket.socket, slow: bool) -> None:
         try:
             while data := source.recv(65536):
+                if slow and self.hold_next:
+                    held, self.hold_next = self.hold_next, 0.0
+                    time.sleep(held)
                 if slow and self.delay:
                     time.sleep(self.delay)
                 sink.sendall(data)
@@ -312,6 +320,29 @@ def test_a_lease_interrupted_by_keyboardinterrupt_is_released(
         slow.delay = 0.0
     assert raw.get(lease_key) is None
     assert engine.lease("k", 30) is not None
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_lease_whose_reply_timed_out_is_released(
+    make: Any, raw: Any, slow: SlowReplies, flavour: str
+) -> None:
+    engine = make(url=slow.url, timeout=0.2)
+    lease_key = engine._lease_key("k")
+
+    async def alease() -> Any:
+        assert await engine.aexists("warm") is False
+        slow.hold_next = 0.6  # the SET NX runs; its reply comes after the timeout
+        return await engine.alease("k", 30)
+
+    if flavour == "sync":
+        assert engine.exists("warm") is False
+        slow.hold_next = 0.6
+        with pytest.raises(ServerUnavailableError):
+            engine.lease("k", 30)
+    else:
+        with pytest.raises(ServerUnavailableError):
+            asyncio.run(alease())
+    assert raw.get(lease_key) is None
 
 
 # --- a value over the server's limit (item 10d) ------------------------------------------

@@ -133,11 +133,11 @@ class PerLoop(Generic[T]):
         value = self._build()
         entry = _Entry(loop, value, self._client_of(value))
         entry.keeper = self._keep(entry)
+        with self._lock:
+            self._entries[loop] = entry
         # Started in the loop, the generator is one the loop tracks: its shutdown (asyncio.run
         # ends with it) closes the generator, whose `finally` closes the value in its loop.
         await entry.keeper.__anext__()
-        with self._lock:
-            self._entries[loop] = entry
         return value
 
     async def _keep(self, entry: _Entry[T]) -> AsyncIterator[None]:

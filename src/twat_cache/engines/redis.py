@@ -131,6 +131,13 @@ def _largest_value(settings: dict[Any, Any]) -> int:
     return _DEFAULT_MAX_VALUE
 
 
+def _reply_lost(exc: BaseException) -> bool:
+    """Whether `exc` may have come after the server ran the command: an interrupt or a
+    cancellation while waiting for the reply, or a reply that timed out. (A refused
+    connection or an open breaker sent nothing.)"""
+    return not isinstance(exc, Exception) or isinstance(exc.__cause__, RedisTimeoutError)
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -408,15 +415,16 @@ class RedisEngine(SerializingEngine):
     def lease(self, key: Any, seconds: float) -> str | None:
         """Take the computation lease of `key` for `seconds`: a token, or None when another
         process holds it."""
-        # The token is chosen here, before SET NX is sent: if the reply never comes back
-        # (KeyboardInterrupt, SystemExit while waiting), the lease the server may have
-        # granted is released by its token before the interrupt goes on.
+        # The token is chosen here, before SET NX is sent: if the reply is lost (an
+        # interrupt while waiting for it, a timeout), the lease the server may have granted
+        # is released by its token, so that no process waits `seconds` for a lease nobody
+        # holds.
         token = secrets.token_hex(16)
         lease_key = self._lease_key(key)
         try:
             taken = self._call(self._client.set, lease_key, token, nx=True, px=_ms(seconds))
         except BaseException as exc:
-            if not isinstance(exc, Exception):
+            if _reply_lost(exc):
                 with contextlib.suppress(Exception):
                     self._scripts["release"](keys=(lease_key,), args=(token,))
             raise
@@ -495,7 +503,7 @@ class RedisEngine(SerializingEngine):
         try:
             taken = await self._acall(client.set, lease_key, token, nx=True, px=_ms(seconds))
         except BaseException as exc:
-            if not isinstance(exc, Exception):  # cancelled: release what may have been taken
+            if _reply_lost(exc):  # cancelled or timed out: release what may have been taken
                 await _shielded(scripts["release"](keys=(lease_key,), args=(token,)))
             raise
         return token if taken else None
