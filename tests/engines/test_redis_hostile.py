@@ -520,3 +520,36 @@ def test_a_forked_child_has_its_own_clients_and_breaker_while_the_parent_works(
     assert loop.run_until_complete(engine.aget("child3")) == 3  # the parent's loop client
     engine.close()
     loop.close()
+
+
+def test_a_forked_child_opens_its_own_aiocache_connections(redis_url: str) -> None:
+    from twat_cache.engines.aiocache import AioCacheEngine
+
+    engine = AioCacheEngine(
+        CacheConfig(url=redis_url, folder_name="forked", cache_engine="aiocache")
+    )
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(engine.aset("parent", 1))  # this loop keeps its connections
+    assert len(engine) == 1  # the blocking client is open too
+    parent_client = engine._sync_client
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            fresh = engine._sync_client is None and engine._loops == {}
+            fresh = fresh and asyncio.run(engine.aget("parent")) == 1
+            asyncio.run(engine.aset("child", 2))
+            code = 0 if fresh and len(engine) == 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert engine._sync_client is parent_client
+        assert loop.run_until_complete(engine.aget("child")) == 2  # the parent's sockets
+        assert len(engine) == 2
+    finally:
+        engine.close()
+        loop.close()
