@@ -11,6 +11,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from redis.exceptions import AuthenticationError, AuthorizationError, MaxConnectionsError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from twat_cache._fork import reset_in_child
 from twat_cache.exceptions import EngineError
@@ -23,6 +24,8 @@ __all__ = [
     "PoolExhaustedError",
     "async_pool",
     "not_the_servers",
+    "reply_lost",
+    "shielded",
     "sync_pool",
 ]
 
@@ -61,6 +64,28 @@ def not_the_servers(exc: BaseException, server: str) -> Exception | None:
             f"{POOL_WAIT}s: the operation is skipped"
         )
     return None
+
+
+def reply_lost(exc: BaseException) -> bool:
+    """Whether `exc` may have come after the server ran the command: an interrupt or a
+    cancellation while waiting for the reply, or a reply that timed out. (A refused
+    connection or an open breaker sent nothing.)"""
+    return not isinstance(exc, Exception) or isinstance(exc.__cause__, RedisTimeoutError)
+
+
+async def shielded(release: Awaitable[Any]) -> None:
+    """Run `release` to its end even if the awaiting task is cancelled (again) meanwhile;
+    its failure is left to the lease's own expiry."""
+    task = asyncio.ensure_future(release)
+    try:
+        await asyncio.shield(task)
+    except BaseException:  # cancelled while waiting: the task still runs to its end
+        task.add_done_callback(_quiet)
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed release is no "never retrieved" warning
 
 
 def sync_pool(url: str, **options: Any) -> Any:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable
 from typing import Any, ClassVar
 
 import redis
@@ -23,7 +21,15 @@ from redis.retry import Retry
 from twat_cache._fork import reset_in_child
 from twat_cache.config import REDIS_URL_ENV, CacheConfig
 from twat_cache.engines._redis_breaker import FAILURES_TO_OPEN, breaker_for, server_name
-from twat_cache.engines._redis_clients import PerLoop, async_pool, not_the_servers, sync_pool
+from twat_cache.engines._redis_clients import (
+    PerLoop,
+    async_pool,
+    not_the_servers,
+    reply_lost,
+    shielded,
+    sync_pool,
+)
+from twat_cache.engines._redis_scripts import scripts_of
 from twat_cache.engines.base import Capabilities, SerializingEngine
 from twat_cache.exceptions import ConfigurationError
 from twat_cache.serializers import ExpiredPayloadError, PayloadError, UnserializableError
@@ -48,69 +54,6 @@ _DEFAULT_MAX_VALUE = 512 * 1024 * 1024
 _ALWAYS_TAKEN = 1024 * 1024
 _DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
-# The score of KEYS[1] in the index KEYS[2]: its hit count under lfu, else the server's time
-# in microseconds (store time for fifo, last use for lru). Shared by the scripts below.
-_SCORE = """
-local function score(policy)
-  if policy == 'lfu' then
-    redis.call('ZINCRBY', KEYS[2], 1, KEYS[1])
-  else
-    local now = redis.call('TIME')
-    redis.call('ZADD', KEYS[2], now[1] * 1000000 + now[2], KEYS[1])
-  end
-end
-"""
-
-# Writing an entry and keeping the cache's index (a sorted set of its keys) in one atomic
-# step. The index bounds one cache on a shared server, which the server's own eviction
-# (maxmemory, across every key) cannot do: past `limit` entries, those with the lowest
-# score leave. The score is the store time (fifo, lru: hits move it too) or the hit count
-# (lfu). A new key makes room before it is added, so it is never its own victim.
-_STORE = (
-    _SCORE
-    + """
-local limit = tonumber(ARGV[3])
-if limit > 0 and not redis.call('ZSCORE', KEYS[2], KEYS[1]) then
-  local excess = redis.call('ZCARD', KEYS[2]) - limit + 1
-  if excess > 0 then
-    local old = redis.call('ZPOPMIN', KEYS[2], excess)
-    for i = 1, #old, 2 do redis.call('UNLINK', old[i]) end
-  end
-end
-local px = tonumber(ARGV[2])
-if px > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-if limit > 0 then
-  score(ARGV[4])
-end
-return 1
-"""
-)
-
-# A hit under lru or lfu also updates the key's score: one round trip, one script.
-_TOUCH = (
-    _SCORE
-    + """
-local value = redis.call('GET', KEYS[1])
-if value and redis.call('ZSCORE', KEYS[2], KEYS[1]) then
-  score(ARGV[1])
-end
-return value
-"""
-)
-
-# A lease is released only by its owner: a holder that outlived its lease must not
-# release the lease another process took since.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 
 def key_space(name: str) -> str:
     """`name` as it appears in server keys: the characters in `_UNSAFE` percent-encoded
@@ -131,35 +74,8 @@ def _largest_value(settings: dict[Any, Any]) -> int:
     return _DEFAULT_MAX_VALUE
 
 
-def _reply_lost(exc: BaseException) -> bool:
-    """Whether `exc` may have come after the server ran the command: an interrupt or a
-    cancellation while waiting for the reply, or a reply that timed out. (A refused
-    connection or an open breaker sent nothing.)"""
-    return not isinstance(exc, Exception) or isinstance(exc.__cause__, RedisTimeoutError)
-
-
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-async def _shielded(release: Awaitable[Any]) -> None:
-    """Run `release` to its end even if the awaiting task is cancelled (again) meanwhile;
-    its failure is left to the lease's own expiry."""
-    task = asyncio.ensure_future(release)
-    try:
-        await asyncio.shield(task)
-    except BaseException:  # cancelled while waiting: the task still runs to its end
-        task.add_done_callback(_quiet)
-
-
-def _quiet(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: a failed release is no "never retrieved" warning
-
-
-def _scripts_of(client: Any) -> dict[str, Any]:
-    sources = (("store", _STORE), ("touch", _TOUCH), ("release", _RELEASE))
-    return {name: client.register_script(source) for name, source in sources}
 
 
 def _url_of(config: CacheConfig) -> str | None:
@@ -238,12 +154,12 @@ class RedisEngine(SerializingEngine):
     def _open(self) -> None:
         pool = sync_pool(self.url, retry=Retry(NoBackoff(), 0), **self._options)
         self._client: Any = redis.Redis.from_pool(pool)
-        self._scripts = _scripts_of(self._client)
+        self._scripts = scripts_of(self._client)
 
     def _new_aclient(self) -> tuple[Any, dict[str, Any]]:
         pool = async_pool(self.url, retry=AsyncRetry(NoBackoff(), 0), **self._options)
         client = aredis.Redis.from_pool(pool)
-        return client, _scripts_of(client)
+        return client, scripts_of(client)
 
     def after_fork(self) -> None:
         """In a forked child: a client of its own (the parent's sockets stay the parent's)."""
@@ -341,40 +257,46 @@ class RedisEngine(SerializingEngine):
             payload = self._call(self._client.get, full)
         return self._decode(key, payload, default)
 
-    def _too_large(self, size: int, largest: int) -> UnserializableError:
-        self._max_value = largest
-        return UnserializableError(
-            f"a payload of {size:,} bytes is larger than {self.server} takes "
-            f"(proto-max-bulk-len {largest:,}): it is not stored"
-        )
-
-    def _check_size(self, payload: bytes) -> None:
+    def _fits(self, size: int) -> bool | None:
+        """Whether a payload of `size` bytes is known to fit the server; None: ask it."""
         # The server drops the connection of a client sending a longer value, which would
         # look like a server failure: a property of the value is checked before it is sent.
-        size = len(payload)
         if size <= _ALWAYS_TAKEN or size <= (self._max_value or 0):
+            return True
+        return None if self._max_value is None else False
+
+    def _refuse(self, size: int, settings: dict[Any, Any] | None = None) -> None:
+        if settings is not None:
+            self._max_value = _largest_value(settings)
+        if size > (self._max_value or 0):
+            raise UnserializableError(
+                f"a payload of {size:,} bytes is larger than {self.server} takes "
+                f"(proto-max-bulk-len {self._max_value:,}): it is not stored"
+            )
+
+    def _check_size(self, payload: bytes) -> None:
+        fits = self._fits(len(payload))
+        if fits:
             return
-        if self._max_value is None:
+        settings = None
+        if fits is None:
             try:
-                found = self._call(self._client.config_get, _MAX_VALUE_SETTING)
+                settings = self._call(self._client.config_get, _MAX_VALUE_SETTING)
             except ResponseError:  # CONFIG is renamed or forbidden: the documented default
-                found = {}
-            self._max_value = _largest_value(found)
-        if size > self._max_value:
-            raise self._too_large(size, self._max_value)
+                settings = {}
+        self._refuse(len(payload), settings)
 
     async def _acheck_size(self, client: Any, payload: bytes) -> None:
-        size = len(payload)
-        if size <= _ALWAYS_TAKEN or size <= (self._max_value or 0):
+        fits = self._fits(len(payload))
+        if fits:
             return
-        if self._max_value is None:
+        settings = None
+        if fits is None:
             try:
-                found = await self._acall(client.config_get, _MAX_VALUE_SETTING)
+                settings = await self._acall(client.config_get, _MAX_VALUE_SETTING)
             except ResponseError:
-                found = {}
-            self._max_value = _largest_value(found)
-        if size > self._max_value:
-            raise self._too_large(size, self._max_value)
+                settings = {}
+        self._refuse(len(payload), settings)
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         payload, ms = self._payload(key, value, ttl)
@@ -424,7 +346,7 @@ class RedisEngine(SerializingEngine):
         try:
             taken = self._call(self._client.set, lease_key, token, nx=True, px=_ms(seconds))
         except BaseException as exc:
-            if _reply_lost(exc):
+            if reply_lost(exc):
                 with contextlib.suppress(Exception):
                     self._scripts["release"](keys=(lease_key,), args=(token,))
             raise
@@ -503,8 +425,8 @@ class RedisEngine(SerializingEngine):
         try:
             taken = await self._acall(client.set, lease_key, token, nx=True, px=_ms(seconds))
         except BaseException as exc:
-            if _reply_lost(exc):  # cancelled or timed out: release what may have been taken
-                await _shielded(scripts["release"](keys=(lease_key,), args=(token,)))
+            if reply_lost(exc):  # cancelled or timed out: release what may have been taken
+                await shielded(scripts["release"](keys=(lease_key,), args=(token,)))
             raise
         return token if taken else None
 
