@@ -172,6 +172,33 @@ def test_a_pool_that_stays_busy_is_not_a_server_failure(
     assert engine.get("k") == 1
 
 
+def test_more_threads_than_connections_wait_for_one(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clients, "POOL_SIZE", 4)
+    engine = make()
+    barrier = threading.Barrier(20)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            for j in range(10):
+                engine.set(f"{i}:{j}", j)
+                assert engine.get(f"{i}:{j}") == j
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert engine._breaker.failures == 0
+    assert len(engine._client.connection_pool._connections) <= 4
+
+
 # --- a wrong password is that cache's own fault (item 14) --------------------------------
 
 
