@@ -153,14 +153,17 @@ def test_a_burst_beyond_the_pool_computes_every_key_once_without_faults(redis_ur
 
 
 def test_a_pool_that_stays_busy_is_not_a_server_failure(
-    make: Any, monkeypatch: pytest.MonkeyPatch
+    make: Any, raw: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(clients, "POOL_SIZE", 1)
     monkeypatch.setattr(clients, "POOL_WAIT", 0.05)
     engine = make(timeout=5)
-    holding = threading.Thread(target=lambda: engine._client.blpop(["never"], timeout=1))
-    holding.start()  # takes the only connection for a second
-    time.sleep(0.2)
+    holding = threading.Thread(target=lambda: engine._client.blpop(["never"], timeout=2))
+    holding.start()  # takes the only connection for two seconds
+    deadline = time.monotonic() + 10
+    while not any(c["cmd"] == "blpop" for c in raw.client_list()):
+        assert time.monotonic() < deadline, "BLPOP never reached the server"
+        time.sleep(0.01)
     try:
         for _ in range(5):
             with pytest.raises(clients.PoolExhaustedError):
@@ -353,17 +356,17 @@ def test_a_lease_interrupted_by_keyboardinterrupt_is_released(
 def test_a_lease_whose_reply_timed_out_is_released(
     make: Any, raw: Any, slow: SlowReplies, flavour: str
 ) -> None:
-    engine = make(url=slow.url, timeout=0.2)
+    engine = make(url=slow.url, timeout=0.5)
     lease_key = engine._lease_key("k")
 
     async def alease() -> Any:
         assert await engine.aexists("warm") is False
-        slow.hold_next = 0.6  # the SET NX runs; its reply comes after the timeout
+        slow.hold_next = 2.0  # the SET NX runs; its reply comes after the timeout
         return await engine.alease("k", 30)
 
     if flavour == "sync":
         assert engine.exists("warm") is False
-        slow.hold_next = 0.6
+        slow.hold_next = 2.0
         with pytest.raises(ServerUnavailableError):
             engine.lease("k", 30)
     else:

@@ -73,14 +73,16 @@ def reply_lost(exc: BaseException) -> bool:
     return not isinstance(exc, Exception) or isinstance(exc.__cause__, RedisTimeoutError)
 
 
-async def shielded(release: Awaitable[Any]) -> None:
-    """Run `release` to its end even if the awaiting task is cancelled (again) meanwhile;
-    its failure is left to the lease's own expiry."""
-    task = asyncio.ensure_future(release)
+async def shielded(operation: Awaitable[Any]) -> Any:
+    """Await `operation` in a task of its own, which a cancellation of the caller does not
+    stop: the caller's cancellation goes on at once, the operation (a lease's release) runs
+    to its end."""
+    task = asyncio.ensure_future(operation)
     try:
-        await asyncio.shield(task)
-    except BaseException:  # cancelled while waiting: the task still runs to its end
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
         task.add_done_callback(_quiet)
+        raise
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:

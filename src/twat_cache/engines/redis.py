@@ -426,13 +426,16 @@ class RedisEngine(SerializingEngine):
             taken = await self._acall(client.set, lease_key, token, nx=True, px=_ms(seconds))
         except BaseException as exc:
             if reply_lost(exc):  # cancelled or timed out: release what may have been taken
-                await shielded(scripts["release"](keys=(lease_key,), args=(token,)))
+                with contextlib.suppress(Exception):  # else the lease expires by itself
+                    await shielded(scripts["release"](keys=(lease_key,), args=(token,)))
             raise
         return token if taken else None
 
     async def arelease(self, key: Any, token: str) -> None:
         _, scripts = await self._aclient()
-        await self._acall(scripts["release"], keys=(self._lease_key(key),), args=(token,))
+        # A holder cancelled while it releases (a second wait_for timeout) still releases.
+        release = scripts["release"]
+        await shielded(self._acall(release, keys=(self._lease_key(key),), args=(token,)))
 
     async def aclose(self) -> None:
         await self._loops.aclose_current()
