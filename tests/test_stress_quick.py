@@ -49,6 +49,11 @@ def test_quick_profile_meets_every_target(tmp_path: Path) -> None:
         "boundaries",
         "forking",
         "interrupts",
+        "cancellation",
+        "bursts",
+        "credentials",
+        "names",
+        "leaks",
     }, shown
     missed = sorted(
         f"{r['scenario']} / {r['engine']}: {r['figure']}" for r in rows if r["status"] == "MISS"

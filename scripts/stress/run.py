@@ -58,6 +58,11 @@ SCENARIOS = (
     "boundaries",
     "forking",
     "interrupts",
+    "cancellation",
+    "bursts",
+    "credentials",
+    "names",
+    "leaks",
 )
 #: Scenarios that need the shared redis-server (outage starts servers of its own).
 _ON_SERVER = {
@@ -72,6 +77,10 @@ _ON_SERVER = {
     "boundaries",
     "forking",
     "interrupts",
+    "cancellation",
+    "bursts",
+    "names",
+    "leaks",
 }
 #: Seconds one scenario may run before it is stopped and reported as failed.
 TIMEOUT = {"full": 4 * 3600.0, "quick": 120.0}

@@ -13,6 +13,7 @@ import secrets
 import struct
 import tempfile
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,22 @@ from typing import Any
 from twat_cache.config import CacheConfig
 from twat_cache.exceptions import CacheError
 
-__all__ = ["PayloadError", "Serializer", "UnserializableError", "get_secret", "sign", "verify"]
+__all__ = [
+    "ExpiredPayloadError",
+    "PayloadError",
+    "Serializer",
+    "UnserializableError",
+    "get_secret",
+    "sign",
+    "verify",
+]
 
-# Layout: MAGIC | flags (1 byte) | MAC (32 bytes, zeros when unsigned) | body.
-# The MAC is keyed BLAKE2b-256 over flags + body, compared in constant time, and checked
-# before the body is decompressed or unpickled: unverified bytes never reach pickle.
+# Layout: MAGIC | flags (1 byte) | MAC (32 bytes, zeros when unsigned) | [expiry] | body.
+# The MAC is keyed BLAKE2b-256 over flags + expiry + body, compared in constant time, and
+# checked before the body is decompressed or unpickled: unverified bytes never reach pickle.
+# An entry with a time to live carries its expiry (flag _EXPIRES; 8 bytes, a big-endian
+# double of Unix time) under the MAC: an old entry written back by anyone who can write to
+# the store, after it expired, is then a miss, whatever expiry the store itself gives it.
 MAGIC = b"TWC\x01"
 MAC_SIZE = 32
 _MAC_AT = len(MAGIC) + 1
@@ -34,6 +46,8 @@ _VIEW_FROM = 1 << 16  # bodies from this size on are returned as views, not copi
 _PICKLE, _JSON = 0x01, 0x02
 _ZLIB, _LZMA = 0x10, 0x20
 _SIGNED = 0x80
+_EXPIRES = 0x08
+_EXPIRY = struct.Struct(">d")
 _FORMATS = {"pickle": _PICKLE, "json": _JSON}
 _COMPRESSIONS = {None: 0, "zlib": _ZLIB, "lzma": _LZMA}
 
@@ -44,6 +58,11 @@ _SECRETS: dict[str, bytes] = {}
 
 class PayloadError(CacheError):
     """A stored payload is corrupt, truncated, unsigned or forged: treat it as a miss."""
+
+
+class ExpiredPayloadError(PayloadError):
+    """A payload whose signed expiry has passed (replayed, or read at its last instant): a
+    plain miss, not tampering."""
 
 
 class UnserializableError(CacheError):
@@ -129,8 +148,9 @@ def sign(secret: bytes, data: bytes) -> bytes:
 
 
 def verify(secret: bytes, data: bytes, mac: bytes) -> bool:
-    """Whether `mac` signs `data`, compared in constant time."""
-    return hmac.compare_digest(sign(secret, data), mac)
+    """Whether `mac` signs `data`, compared in constant time (a MAC of any other length,
+    empty or cut short, never does)."""
+    return len(mac) == MAC_SIZE and hmac.compare_digest(sign(secret, data), mac)
 
 
 class Serializer:
@@ -157,17 +177,24 @@ class Serializer:
         self._prefix = MAGIC + self._flag_byte
         # One keyed hasher that has already absorbed the flags, copied per payload: keying
         # BLAKE2b costs as much as hashing 1 KB.
-        self._mac = None
+        self._expiring_flag_byte = bytes([self._flags | _EXPIRES])
+        self._expiring_prefix = MAGIC + self._expiring_flag_byte
+        self._mac = self._expiring_mac = None
         if self.secure:
             self._mac = hashlib.blake2b(key=self._secret, digest_size=MAC_SIZE)
             self._mac.update(self._flag_byte)
+            self._expiring_mac = hashlib.blake2b(key=self._secret, digest_size=MAC_SIZE)
+            self._expiring_mac.update(self._expiring_flag_byte)
 
-    def _sign(self, body: bytes | memoryview, context: bytes) -> bytes:
-        mac = self._mac.copy()  # type: ignore[union-attr]  # only called when secure
+    def _sign(self, body: bytes | memoryview, context: bytes, expiry: bytes = b"") -> bytes:
+        # only called when secure: the hashers are there
+        base = self._expiring_mac if expiry else self._mac
+        mac = base.copy()  # type: ignore[union-attr]
         if context:
             # Length-prefixed, so that no (context, body) pair signs like another.
             mac.update(_CONTEXT_LEN.pack(len(context)))
             mac.update(context)
+        mac.update(expiry)
         mac.update(body)
         return mac.digest()
 
@@ -189,16 +216,22 @@ class Serializer:
             body = lzma.compress(body)
         return body
 
-    def frame(self, body: bytes, context: bytes = b"") -> bytes:
+    def frame(self, body: bytes, context: bytes = b"", expires: float | None = None) -> bytes:
         """Wrap a body in the header, signing it when `secure`. A `context` (the key the
         payload is stored under) is signed with it but not stored: the payload then verifies
-        only under that key, so entries swapped between keys are rejected."""
-        mac = self._sign(body, context) if self.secure else bytes(MAC_SIZE)
-        return b"".join((MAGIC, self._flag_byte, mac, body))
+        only under that key, so entries swapped between keys are rejected. `expires` (Unix
+        time) is stored and signed: from then on the payload reads as expired."""
+        if expires is None:
+            mac = self._sign(body, context) if self.secure else bytes(MAC_SIZE)
+            return b"".join((MAGIC, self._flag_byte, mac, body))
+        expiry = _EXPIRY.pack(expires)
+        mac = self._sign(body, context, expiry) if self.secure else bytes(MAC_SIZE)
+        return b"".join((MAGIC, self._expiring_flag_byte, mac, expiry, body))
 
-    def dumps(self, value: Any, context: bytes = b"") -> bytes:
-        """A complete payload for `value` (bound to `context`, see `frame`)."""
-        return self.frame(self.encode(value), context)
+    def dumps(self, value: Any, context: bytes = b"", expires: float | None = None) -> bytes:
+        """A complete payload for `value` (bound to `context`, expiring at `expires`: see
+        `frame`)."""
+        return self.frame(self.encode(value), context, expires)
 
     def unframe(self, payload: bytes | memoryview, context: bytes = b"") -> bytes | memoryview:
         """Check a payload's header and signature (under `context`, see `frame`); return its
@@ -207,16 +240,24 @@ class Serializer:
         The body is a copy for small payloads (cheaper than a view) and a view of large
         ones (no second copy of megabytes)."""
         data = payload if type(payload) is bytes else bytes(payload)
+        start, expiry = _HEADER, b""
         if len(data) < _HEADER or not data.startswith(self._prefix):
             if len(data) < _HEADER or not data.startswith(MAGIC):
                 raise PayloadError("not a twat-cache payload (truncated or foreign)")
-            raise PayloadError(
-                "payload written with other settings (format, compression or signing)"
-            )
-        body = data[_HEADER:] if len(data) < _VIEW_FROM else memoryview(data)[_HEADER:]
+            if not data.startswith(self._expiring_prefix):
+                raise PayloadError(
+                    "payload written with other settings (format, compression or signing)"
+                )
+            start = _HEADER + _EXPIRY.size
+            expiry = data[_HEADER:start]
+            if len(expiry) < _EXPIRY.size:
+                raise PayloadError("not a twat-cache payload (truncated)")
+        body = data[start:] if len(data) < _VIEW_FROM else memoryview(data)[start:]
         mac = data[_MAC_AT:_HEADER]
-        if self.secure and not hmac.compare_digest(self._sign(body, context), mac):
+        if self.secure and not hmac.compare_digest(self._sign(body, context, expiry), mac):
             raise PayloadError("payload signature does not verify (tampered or foreign key)")
+        if expiry and _EXPIRY.unpack(expiry)[0] <= time.time():
+            raise ExpiredPayloadError("payload expired (its signed expiry has passed)")
         return body
 
     def decode(self, body: bytes | memoryview) -> Any:

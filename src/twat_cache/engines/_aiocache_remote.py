@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import re
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 import aiocache  # aiocache ships no type information: its objects are Any here
 from aiocache.serializers import BaseSerializer
 
+from twat_cache._fork import reset_in_child
 from twat_cache.config import CacheConfig
 from twat_cache.engines.aiocache import AioCacheEngine
 from twat_cache.engines.base import Capabilities, SerializingEngine
+from twat_cache.serializers import ExpiredPayloadError
 
 __all__ = ["AioCacheRemote", "unsupported_url"]
 
@@ -27,7 +28,6 @@ SCAN_BATCH: Final = 500
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 _MEMCACHED_SCHEMES = frozenset({"memcached"})
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 # On a server, eviction is the server's (its maxmemory-policy): only expiry is ours. The
 # policies accepted are those the server's own eviction approximates for a cache written
@@ -100,19 +100,6 @@ def _redact(url: str) -> str:
     return parts._replace(netloc=f"{user}***@{host}").geturl()
 
 
-class _LoopCache:
-    """One aiocache remote cache, owned by one event loop (redis.asyncio connections
-    belong to the loop that opened them), and the async generator that closes it when
-    that loop shuts down."""
-
-    __slots__ = ("cache", "keeper", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, cache: Any) -> None:
-        self.loop = loop
-        self.cache = cache
-        self.keeper: Any = None  # set, and started, before the entry is registered
-
-
 class AioCacheRemote(AioCacheEngine, SerializingEngine):
     """aiocache's Redis cache (redis://, rediss://, unix:// URLs): one per event loop,
     signed payloads, keys under ``twat_cache:<folder_name>:``."""
@@ -124,12 +111,29 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
         url = self.config.url
         assert url is not None  # AioCacheEngine(config) picks this flavour only with a url
         self.url = url
-        self.namespace = f"twat_cache:{self.config.folder_name}:"
-        self._pattern = _GLOB_SPECIAL.sub(r"\\\1", self.namespace) + "*"
-        self._loops: dict[asyncio.AbstractEventLoop, _LoopCache] = {}
-        self._loops_lock = threading.Lock()
+        from twat_cache.engines.redis import key_space  # redis-py is there: a redis URL
+
+        # Encoded as the redis engine's names are: a folder_name with `:`, `{` or a glob
+        # character can then never share, match or clear another cache's keys.
+        self.namespace = f"twat_cache:{key_space(self.config.folder_name or '')}:"
+        self._pattern = self.namespace + "*"
+        from twat_cache.engines._redis_clients import PerLoop
+
+        # One aiocache cache per event loop (see PerLoop: freed with its loop).
+        self._per_loop: PerLoop[Any] = PerLoop(self._new_cache, _client_of, _close_cache)
         self._sync_client: Any = None
         self._sync_lock = threading.Lock()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the blocking client is opened afresh on its next use."""
+        self._sync_lock = threading.Lock()
+        self._sync_client = None
+
+    @property
+    def _loops(self) -> dict[Any, Any]:
+        """The event loops holding a cache of this engine now."""
+        return self._per_loop.entries
 
     @property
     def maxsize(self) -> int | None:
@@ -151,14 +155,16 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
 
     def _new_cache(self) -> Any:
         url = self.url
-        from redis.asyncio import ConnectionPool
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
+
+        from twat_cache.engines._redis_clients import async_pool
 
         def pool(**_aiocache_options: Any) -> Any:
             # The whole URL (scheme, credentials, db, query options) says where to
             # connect; aiocache's host/port options cannot express unix:// or rediss://.
-            return ConnectionPool.from_url(
+            # A burst of tasks waits for a free connection instead of failing.
+            return async_pool(
                 url,
                 decode_responses=False,
                 socket_timeout=SOCKET_TIMEOUT,
@@ -175,27 +181,7 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
 
     async def _cache(self) -> Any:
         """This event loop's aiocache cache, opened on its first use in the loop."""
-        loop = asyncio.get_running_loop()
-        entry = self._loops.get(loop)
-        if entry is None:
-            entry = _LoopCache(loop, self._new_cache())
-            entry.keeper = self._keep(entry)
-            # Started in the loop, the generator is one the loop tracks: when asyncio.run()
-            # ends, shutdown_asyncgens() closes it, and its `finally` closes the
-            # connections inside the loop that owns them.
-            await entry.keeper.__anext__()
-            with self._loops_lock:
-                self._loops[loop] = entry
-        return entry.cache
-
-    async def _keep(self, entry: _LoopCache) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            with self._loops_lock:
-                if self._loops.get(entry.loop) is entry:
-                    del self._loops[entry.loop]
-            await _close_cache(entry.cache)
+        return await self._per_loop.get()
 
     async def aget(self, key: Any, default: Any = None) -> Any:
         cache = await self._cache()
@@ -206,6 +192,8 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
         try:
             # Bound to its key (signed with it): an entry copied under another key fails.
             return self.serializer.loads(payload, full.encode())
+        except ExpiredPayloadError:  # replayed after its signed expiry: a plain miss
+            return default
         except Exception as exc:  # forged, foreign or corrupt: a miss, and dropped
             await self.arejected(key, exc)
             return default
@@ -213,7 +201,8 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
     async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
         seconds = self._check_ttl(ttl)
         full = self.key_of(key)
-        payload = self.serializer.dumps(value, full.encode())
+        expires = None if seconds is None else time.time() + seconds
+        payload = self.serializer.dumps(value, full.encode(), expires)
         cache = await self._cache()
         # A float ttl is sent in milliseconds (PX); at least 1 ms, as 0 would be refused.
         expire = None if seconds is None else max(float(seconds), 0.001)
@@ -240,13 +229,7 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
 
     async def aclose(self) -> None:
         """Close this event loop's connections now, other loops' in their own loop."""
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        entry = self._loops.get(loop) if loop is not None else None
-        if entry is not None:
-            await entry.keeper.aclose()
+        await self._per_loop.aclose_current()
         self.close()
 
     # --- sync bookkeeping: a blocking redis client ---------------------------------------
@@ -258,12 +241,15 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
                 from redis.backoff import NoBackoff
                 from redis.retry import Retry
 
-                self._sync_client = redis.Redis.from_url(
+                from twat_cache.engines._redis_clients import sync_pool
+
+                pool = sync_pool(
                     self.url,
                     socket_timeout=SOCKET_TIMEOUT,
                     socket_connect_timeout=SOCKET_TIMEOUT,
                     retry=Retry(NoBackoff(), 1),
                 )
+                self._sync_client = redis.Redis.from_pool(pool)
             return self._sync_client
 
     def delete(self, key: Any) -> bool:
@@ -286,11 +272,7 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
     def close(self) -> None:
         """Release connections: an idle loop's at once, a running loop's in that loop, a
         closed loop's were closed by its shutdown. A closed engine reopens them if used."""
-        with self._loops_lock:
-            entries = list(self._loops.values())
-            self._loops.clear()
-        for entry in entries:
-            _stop(entry)
+        self._per_loop.close()
         with self._sync_lock:
             client, self._sync_client = self._sync_client, None
         if client is not None:
@@ -300,24 +282,18 @@ class AioCacheRemote(AioCacheEngine, SerializingEngine):
         return f"<{type(self).__name__} name={self.name!r} url={_redact(self.url)!r}>"
 
 
-def _stop(entry: _LoopCache) -> None:
-    """Close a loop's cache from outside that loop: in the loop when it runs, at once when
-    it is idle, not at all when it is closed (its shutdown closed it, or nothing can)."""
-    loop = entry.loop
-    if loop.is_closed():
-        return
-    if loop.is_running():
-        asyncio.run_coroutine_threadsafe(entry.keeper.aclose(), loop)
-    else:
-        loop.run_until_complete(entry.keeper.aclose())
+def _client_of(cache: Any) -> Any:
+    return getattr(cache, "client", None)
 
 
 async def _close_cache(cache: Any) -> None:
-    client = getattr(cache, "client", None)
+    client: Any = getattr(cache, "client", None)
     aclose: Callable[[], Coroutine[Any, Any, Any]] | None = getattr(client, "aclose", None)
     try:
         if aclose is not None:  # redis-py >= 5: aiocache's close() calls its deprecated close()
             await aclose()
+            # aiocache hands the client our pool, which the client's close leaves open.
+            await client.connection_pool.disconnect()
         else:
             await cache.close()
     except Exception as exc:  # a dead server: nothing is left to release

@@ -4,10 +4,12 @@ probes it again."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
 
+from twat_cache._fork import reset_in_child
 from twat_cache.exceptions import ServerUnavailableError
 from twat_cache.logging import logger
 
@@ -18,12 +20,12 @@ FAILURES_TO_OPEN = 3
 
 
 class Breaker:
-    """The circuit breaker of one server and cooldown, shared by the caches of the process
-    on that server with that cooldown: after `FAILURES_TO_OPEN` consecutive failures the
+    """The circuit breaker of one server, credentials and cooldown, shared by the caches of
+    the process that connect so: after `FAILURES_TO_OPEN` consecutive failures the
     server is skipped for `cooldown` seconds (each call fails at once), then one call at a
     time probes it again."""
 
-    __slots__ = ("cooldown", "failures", "lock", "open_until", "server")
+    __slots__ = ("__weakref__", "cooldown", "failures", "lock", "open_until", "server")
 
     def __init__(self, server: str, cooldown: float) -> None:
         self.server = server
@@ -31,6 +33,13 @@ class Breaker:
         self.failures = 0
         self.open_until = 0.0
         self.lock = threading.Lock()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """A forked child learns about the server afresh, with a lock no thread holds."""
+        self.lock = threading.Lock()
+        self.failures = 0
+        self.open_until = 0.0
 
     def check(self) -> None:
         """Raise `ServerUnavailableError` while the breaker is open."""
@@ -70,20 +79,41 @@ class Breaker:
             self.open_until = 0.0
 
 
-_BREAKERS: dict[tuple[str, float], Breaker] = {}
-_BREAKERS_LOCK = threading.Lock()
+_BREAKERS: dict[tuple[str, bytes, float], Breaker] = {}
 
 
-def breaker_for(server: str, cooldown: float) -> Breaker:
-    # One breaker per server and cooldown: caches asking for the same cooldown share what
-    # they learn about the server; a cache asking for another one keeps its own.
-    with _BREAKERS_LOCK:
-        breaker = _BREAKERS.get((server, cooldown))
+def breaker_for(url: str, cooldown: float) -> Breaker:
+    """The breaker of the server `url` names, for its credentials and `cooldown`."""
+    # One breaker per server, credentials and cooldown: caches connecting alike share what
+    # they learn about the server; a cache with other credentials (a wrong password among
+    # them) or another cooldown keeps its own. The credentials are kept as a digest.
+    server = server_name(url)
+    found = re.search(r"//([^@/]*)@", url)
+    credentials = hashlib.blake2b((found.group(1) if found else "").encode()).digest()
+    key = (server, credentials, cooldown)
+    with _LOCK.held:
+        breaker = _BREAKERS.get(key)
         if breaker is None:
-            breaker = _BREAKERS[(server, cooldown)] = Breaker(server, cooldown)
+            breaker = _BREAKERS[key] = Breaker(server, cooldown)
         return breaker
 
 
+class _Lock:
+    """The registry's lock, replaced in a forked child (a fork may copy it held)."""
+
+    __slots__ = ("__weakref__", "held")
+
+    def __init__(self) -> None:
+        self.held = threading.Lock()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        self.held = threading.Lock()
+
+
+_LOCK = _Lock()
+
+
 def server_name(url: str) -> str:
-    """The URL without credentials, for messages and the breaker registry."""
+    """The URL without credentials, for messages."""
     return re.sub(r"//[^@/]*@", "//", url.split("?", 1)[0])

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import re
 import secrets
-import threading
-import weakref
-from collections.abc import AsyncIterator, Callable
+import time
 from typing import Any, ClassVar
 
 import redis
@@ -16,16 +14,27 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from twat_cache._fork import reset_in_child
 from twat_cache.config import REDIS_URL_ENV, CacheConfig
 from twat_cache.engines._redis_breaker import FAILURES_TO_OPEN, breaker_for, server_name
+from twat_cache.engines._redis_clients import (
+    PerLoop,
+    async_pool,
+    not_the_servers,
+    reply_lost,
+    shielded,
+    sync_pool,
+)
+from twat_cache.engines._redis_scripts import scripts_of
 from twat_cache.engines.base import Capabilities, SerializingEngine
 from twat_cache.exceptions import ConfigurationError
-from twat_cache.serializers import PayloadError
+from twat_cache.serializers import ExpiredPayloadError, PayloadError, UnserializableError
 
-__all__ = ["DEFAULT_REMOTE_MAXSIZE", "FAILURES_TO_OPEN", "URL_ENV", "RedisEngine"]
+__all__ = ["DEFAULT_REMOTE_MAXSIZE", "FAILURES_TO_OPEN", "URL_ENV", "RedisEngine", "key_space"]
 
 #: The environment variable giving the server when a cache has no `url`.
 URL_ENV = REDIS_URL_ENV
@@ -34,87 +43,43 @@ URL_ENV = REDIS_URL_ENV
 DEFAULT_REMOTE_MAXSIZE = 100_000
 _SCAN_BATCH = 500
 _SCHEMES = ("redis://", "rediss://", "unix://")
-_GLOB = re.compile(r"([*?\[\]\\])")
+# What a cache name may not bring into its key space: the braces of the hash tag, the `:`
+# that separates a key's parts, the glob characters of SCAN's pattern, `%` (the escape
+# itself), and whitespace or control characters (an unreadable key in redis-cli).
+_UNSAFE = re.compile(r"[{}:%*?\[\]\\\x00-\x20\x7f]")
+# The server setting that bounds one value (a bulk string of the protocol): 512 MB unless
+# configured, and never below 1 MB, so payloads up to that size are sent without asking.
+_MAX_VALUE_SETTING = "proto-max-bulk-len"
+_DEFAULT_MAX_VALUE = 512 * 1024 * 1024
+_ALWAYS_TAKEN = 1024 * 1024
 _DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
-# The score of KEYS[1] in the index KEYS[2]: its hit count under lfu, else the server's time
-# in microseconds (store time for fifo, last use for lru). Shared by the scripts below.
-_SCORE = """
-local function score(policy)
-  if policy == 'lfu' then
-    redis.call('ZINCRBY', KEYS[2], 1, KEYS[1])
-  else
-    local now = redis.call('TIME')
-    redis.call('ZADD', KEYS[2], now[1] * 1000000 + now[2], KEYS[1])
-  end
-end
-"""
 
-# Writing an entry and keeping the cache's index (a sorted set of its keys) in one atomic
-# step. The index bounds one cache on a shared server, which the server's own eviction
-# (maxmemory, across every key) cannot do: past `limit` entries, those with the lowest
-# score leave. The score is the store time (fifo, lru: hits move it too) or the hit count
-# (lfu). A new key makes room before it is added, so it is never its own victim.
-_STORE = (
-    _SCORE
-    + """
-local limit = tonumber(ARGV[3])
-if limit > 0 and not redis.call('ZSCORE', KEYS[2], KEYS[1]) then
-  local excess = redis.call('ZCARD', KEYS[2]) - limit + 1
-  if excess > 0 then
-    local old = redis.call('ZPOPMIN', KEYS[2], excess)
-    for i = 1, #old, 2 do redis.call('UNLINK', old[i]) end
-  end
-end
-local px = tonumber(ARGV[2])
-if px > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-if limit > 0 then
-  score(ARGV[4])
-end
-return 1
-"""
-)
+def key_space(name: str) -> str:
+    """`name` as it appears in server keys: the characters in `_UNSAFE` percent-encoded
+    (their UTF-8 bytes), so that no name reaches into another cache's keys (``shop`` and
+    ``shop}:x`` stay apart) and a clear pattern needs no escaping. Common names
+    (``module.qualname``, ``<locals>``) are unchanged.
 
-# A hit under lru or lfu also updates the key's score: one round trip, one script.
-_TOUCH = (
-    _SCORE
-    + """
-local value = redis.call('GET', KEYS[1])
-if value and redis.call('ZSCORE', KEYS[2], KEYS[1]) then
-  score(ARGV[1])
-end
-return value
-"""
-)
+    >>> key_space("shop}:x")
+    'shop%7D%3Ax'
+    """
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
 
-# A lease is released only by its owner: a holder that outlived its lease must not
-# release the lease another process took since.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+
+def _largest_value(settings: dict[Any, Any]) -> int:
+    for name in (_MAX_VALUE_SETTING, _MAX_VALUE_SETTING.encode()):
+        if name in settings:
+            return int(settings[name])
+    return _DEFAULT_MAX_VALUE
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 def _url_of(config: CacheConfig) -> str | None:
     return config.url or os.environ.get(URL_ENV) or None
-
-
-async def _closing(client: Any, forget: Callable[[], object]) -> AsyncIterator[None]:
-    # An async generator first iterated in a loop is closed by the loop's
-    # `shutdown_asyncgens()` (asyncio.run calls it): the client's connections are then
-    # closed inside their own loop, before it closes, and the engine forgets the loop (its
-    # entry holds the loop, which could otherwise never be collected).
-    try:
-        yield
-    finally:
-        forget()
-        await client.aclose()
 
 
 class RedisEngine(SerializingEngine):
@@ -161,32 +126,44 @@ class RedisEngine(SerializingEngine):
             raise ConfigurationError(f"the redis engine needs a url or ${URL_ENV}")
         self.url = url
         self.server = server_name(url)
-        cache = config.name or config.folder_name
-        version = config.version if config.version is not None else 0
+        cache = key_space(config.name or config.folder_name or "")
+        version = key_space(str(config.version if config.version is not None else 0))
         self._prefix = f"twat_cache:{{{cache}}}:{version}:"
         # Every version's entries (clear), this version's (len); the index and the leases
         # are named apart from both, so that neither pattern counts them.
-        self._all = _GLOB.sub(r"\\\1", f"twat_cache:{{{cache}}}:") + "*"
-        self._live = _GLOB.sub(r"\\\1", self._prefix) + "*"
+        # Neither `cache` nor `version` has a glob character left (see `key_space`).
+        self._all = f"twat_cache:{{{cache}}}:*"
+        self._live = self._prefix + "*"
         self._index = f"twat_cache:{{{cache}}}#index"
         self._leases = f"twat_cache:{{{cache}}}#lease:{version}:"
         self._limit = self.maxsize or 0
         self._policy = config.policy
         self._touch = config.policy in ("lru", "lfu")
-        self._breaker = breaker_for(self.server, config.cooldown)
+        self._breaker = breaker_for(url, config.cooldown)
         self._options: dict[str, Any] = {
             "socket_timeout": config.timeout,
             "socket_connect_timeout": config.timeout,
         }
-        self._client: Any = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._options)
-        self._scripts = {
-            name: self._client.register_script(source)
-            for name, source in (("store", _STORE), ("touch", _TOUCH), ("release", _RELEASE))
-        }
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
+        self._max_value: int | None = None  # the server's largest value, learned when needed
+        self._open()
+        self._loops: PerLoop[tuple[Any, dict[str, Any]]] = PerLoop(
+            self._new_aclient, lambda entry: entry[0], lambda entry: entry[0].aclose()
         )
-        self._loops_lock = threading.Lock()
+        reset_in_child(self)
+
+    def _open(self) -> None:
+        pool = sync_pool(self.url, retry=Retry(NoBackoff(), 0), **self._options)
+        self._client: Any = redis.Redis.from_pool(pool)
+        self._scripts = scripts_of(self._client)
+
+    def _new_aclient(self) -> tuple[Any, dict[str, Any]]:
+        pool = async_pool(self.url, retry=AsyncRetry(NoBackoff(), 0), **self._options)
+        client = aredis.Redis.from_pool(pool)
+        return client, scripts_of(client)
+
+    def after_fork(self) -> None:
+        """In a forked child: a client of its own (the parent's sockets stay the parent's)."""
+        self._open()
 
     @property
     def location(self) -> str:
@@ -210,7 +187,7 @@ class RedisEngine(SerializingEngine):
         try:
             result = operation(*args, **kwargs)
         except _DOWN as exc:
-            raise breaker.failed(exc) from exc
+            raise self._failure(exc) from exc
         if breaker.failures:
             breaker.succeeded()
         return result
@@ -221,34 +198,19 @@ class RedisEngine(SerializingEngine):
         try:
             result = await operation(*args, **kwargs)
         except _DOWN as exc:
-            raise breaker.failed(exc) from exc
+            raise self._failure(exc) from exc
         if breaker.failures:
             breaker.succeeded()
         return result
 
-    async def _aclient(self) -> tuple[Any, dict[str, Any]]:
-        """This event loop's client and scripts: redis.asyncio connections belong to the
-        loop that opened them."""
-        loop = asyncio.get_running_loop()
-        entry = self._loops.get(loop)
-        if entry is None:
-            client = aredis.Redis.from_url(
-                self.url, retry=AsyncRetry(NoBackoff(), 0), **self._options
-            )
-            scripts = {
-                name: client.register_script(source)
-                for name, source in (("store", _STORE), ("touch", _TOUCH), ("release", _RELEASE))
-            }
-            closer = _closing(client, lambda: self._forget(loop))
-            await closer.__anext__()
-            entry = (client, scripts, closer)
-            with self._loops_lock:
-                self._loops[loop] = entry
-        return entry[0], entry[1]
+    def _failure(self, exc: Exception) -> Exception:
+        # Only what says the server is down or hung counts toward its breaker: a wrong
+        # password belongs to this cache, a busy pool to this process.
+        return not_the_servers(exc, self.server) or self._breaker.failed(exc)
 
-    def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._loops_lock:
-            self._loops.pop(loop, None)
+    async def _aclient(self) -> tuple[Any, dict[str, Any]]:
+        """This event loop's client and scripts."""
+        return await self._loops.get()
 
     def _full(self, key: Any) -> str:
         return self._prefix + self.key_text(key)
@@ -258,6 +220,8 @@ class RedisEngine(SerializingEngine):
             return default
         try:
             return self.serializer.loads(payload, self._full(key).encode())
+        except ExpiredPayloadError:  # replayed after its expiry: a plain miss
+            return default
         except PayloadError as exc:
             self.rejected(key, exc)
             return default
@@ -267,13 +231,19 @@ class RedisEngine(SerializingEngine):
             return default
         try:
             return self.serializer.loads(payload, self._full(key).encode())
+        except ExpiredPayloadError:  # replayed after its expiry: a plain miss
+            return default
         except PayloadError as exc:
             await self.arejected(key, exc)
             return default
 
-    def _ttl_ms(self, ttl: float | None) -> int:
+    def _payload(self, key: Any, value: Any, ttl: float | None) -> tuple[bytes, int]:
+        """The signed payload of `value` under `key` and its time to live in ms (0: none).
+        An expiring payload carries its expiry under the signature (see serializers)."""
         seconds = self._check_ttl(ttl)
-        return max(1, int(seconds * 1000)) if seconds else 0
+        expires = time.time() + seconds if seconds else None
+        payload = self.serializer.dumps(value, self._full(key).encode(), expires)
+        return payload, _ms(seconds) if seconds else 0
 
     # --- sync -------------------------------------------------------------------------
 
@@ -287,9 +257,51 @@ class RedisEngine(SerializingEngine):
             payload = self._call(self._client.get, full)
         return self._decode(key, payload, default)
 
+    def _fits(self, size: int) -> bool | None:
+        """Whether a payload of `size` bytes is known to fit the server; None: ask it."""
+        # The server drops the connection of a client sending a longer value, which would
+        # look like a server failure: a property of the value is checked before it is sent.
+        if size <= _ALWAYS_TAKEN or size <= (self._max_value or 0):
+            return True
+        return None if self._max_value is None else False
+
+    def _refuse(self, size: int, settings: dict[Any, Any] | None = None) -> None:
+        if settings is not None:
+            self._max_value = _largest_value(settings)
+        if size > (self._max_value or 0):
+            raise UnserializableError(
+                f"a payload of {size:,} bytes is larger than {self.server} takes "
+                f"(proto-max-bulk-len {self._max_value:,}): it is not stored"
+            )
+
+    def _check_size(self, payload: bytes) -> None:
+        fits = self._fits(len(payload))
+        if fits:
+            return
+        settings = None
+        if fits is None:
+            try:
+                settings = self._call(self._client.config_get, _MAX_VALUE_SETTING)
+            except ResponseError:  # CONFIG is renamed or forbidden: the documented default
+                settings = {}
+        self._refuse(len(payload), settings)
+
+    async def _acheck_size(self, client: Any, payload: bytes) -> None:
+        fits = self._fits(len(payload))
+        if fits:
+            return
+        settings = None
+        if fits is None:
+            try:
+                settings = await self._acall(client.config_get, _MAX_VALUE_SETTING)
+            except ResponseError:
+                settings = {}
+        self._refuse(len(payload), settings)
+
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        payload = self.serializer.dumps(value, self._full(key).encode())
-        args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
+        payload, ms = self._payload(key, value, ttl)
+        self._check_size(payload)
+        args = (payload, ms, self._limit, self._policy)
         self._call(self._scripts["store"], keys=(self._full(key), self._index), args=args)
 
     def delete(self, key: Any) -> bool:
@@ -325,10 +337,19 @@ class RedisEngine(SerializingEngine):
     def lease(self, key: Any, seconds: float) -> str | None:
         """Take the computation lease of `key` for `seconds`: a token, or None when another
         process holds it."""
+        # The token is chosen here, before SET NX is sent: if the reply is lost (an
+        # interrupt while waiting for it, a timeout), the lease the server may have granted
+        # is released by its token, so that no process waits `seconds` for a lease nobody
+        # holds.
         token = secrets.token_hex(16)
-        taken = self._call(
-            self._client.set, self._lease_key(key), token, nx=True, px=int(seconds * 1000)
-        )
+        lease_key = self._lease_key(key)
+        try:
+            taken = self._call(self._client.set, lease_key, token, nx=True, px=_ms(seconds))
+        except BaseException as exc:
+            if reply_lost(exc):
+                with contextlib.suppress(Exception):
+                    self._scripts["release"](keys=(lease_key,), args=(token,))
+            raise
         return token if taken else None
 
     def release(self, key: Any, token: str) -> None:
@@ -340,14 +361,7 @@ class RedisEngine(SerializingEngine):
 
     def close(self) -> None:
         self._client.close()
-        with self._loops_lock:
-            entries = list(self._loops.items())
-            self._loops.clear()
-        for loop, (client, _, _) in entries:
-            # A client can only be closed in its own loop: if that loop runs in another
-            # thread, ask it to; a loop already closed has closed it (see `_closing`).
-            if loop.is_running() and not loop.is_closed():
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+        self._loops.close()
 
     # --- async ------------------------------------------------------------------------
 
@@ -363,9 +377,10 @@ class RedisEngine(SerializingEngine):
         return await self._adecode(key, payload, default)
 
     async def aset(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        _, scripts = await self._aclient()
-        payload = self.serializer.dumps(value, self._full(key).encode())
-        args = (payload, self._ttl_ms(ttl), self._limit, self._policy)
+        client, scripts = await self._aclient()
+        payload, ms = self._payload(key, value, ttl)
+        await self._acheck_size(client, payload)
+        args = (payload, ms, self._limit, self._policy)
         await self._acall(scripts["store"], keys=(self._full(key), self._index), args=args)
 
     async def adelete(self, key: Any) -> bool:
@@ -404,23 +419,26 @@ class RedisEngine(SerializingEngine):
         return int(await self._acall(count))
 
     async def alease(self, key: Any, seconds: float) -> str | None:
-        client, _ = await self._aclient()
+        client, scripts = await self._aclient()
         token = secrets.token_hex(16)
-        taken = await self._acall(
-            client.set, self._lease_key(key), token, nx=True, px=int(seconds * 1000)
-        )
+        lease_key = self._lease_key(key)
+        try:
+            taken = await self._acall(client.set, lease_key, token, nx=True, px=_ms(seconds))
+        except BaseException as exc:
+            if reply_lost(exc):  # cancelled or timed out: release what may have been taken
+                with contextlib.suppress(Exception):  # else the lease expires by itself
+                    await shielded(scripts["release"](keys=(lease_key,), args=(token,)))
+            raise
         return token if taken else None
 
     async def arelease(self, key: Any, token: str) -> None:
         _, scripts = await self._aclient()
-        await self._acall(scripts["release"], keys=(self._lease_key(key),), args=(token,))
+        # A holder cancelled while it releases (a second wait_for timeout) still releases.
+        release = scripts["release"]
+        await shielded(self._acall(release, keys=(self._lease_key(key),), args=(token,)))
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        with self._loops_lock:
-            entry = self._loops.pop(loop, None)
-        if entry is not None:
-            await entry[2].aclose()  # runs `_closing`'s finally: the client closes
+        await self._loops.aclose_current()
         self.close()
 
     def __repr__(self) -> str:
