@@ -7,9 +7,11 @@ __all__ = [
     "CacheFaultWarning",
     "CacheWarning",
     "ConfigurationError",
+    "CredentialsError",
     "EngineError",
     "EngineUnavailableError",
     "KeyBuildError",
+    "PoolExhaustedError",
     "SecurityWarning",
     "ServerUnavailableError",
     "UnsupportedEventLoopError",
@@ -60,6 +62,18 @@ class EngineUnavailableError(EngineError):
 class ServerUnavailableError(EngineError):
     """A cache server refused the connection, did not answer within the operation timeout,
     or is being skipped by the circuit breaker after repeated failures."""
+
+
+class PoolExhaustedError(EngineError):
+    """Every connection of this process's pool to a cache server stayed busy for the pool's
+    wait: a local overload, not a fault of the server (its circuit breaker does not count
+    it). The call runs uncached."""
+
+
+class CredentialsError(EngineError):
+    """A cache server refused this cache's credentials (or its ACL user the command): a
+    configuration error of that cache, not a failure of the server other caches use (the
+    server's circuit breaker does not count it)."""
 
 
 class KeyBuildError(CacheError, TypeError):

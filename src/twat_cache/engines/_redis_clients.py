@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from twat_cache._fork import reset_in_child
-from twat_cache.exceptions import EngineError
+from twat_cache.exceptions import CredentialsError, PoolExhaustedError
 
 __all__ = [
     "POOL_SIZE",
@@ -39,16 +39,6 @@ POOL_WAIT: Final = 5.0
 # What redis-py's blocking pools raise when no connection frees up in time (a plain
 # ConnectionError, like a dead server's: only its text tells them apart).
 _NO_CONNECTION: Final = ("No connection available.",)
-
-
-class PoolExhaustedError(EngineError):
-    """Every connection of this process's pool stayed busy for `POOL_WAIT` seconds: a local
-    overload, not a fault of the server (its circuit breaker does not count it)."""
-
-
-class CredentialsError(EngineError):
-    """The server refused this cache's credentials (or its ACL user the command): a
-    configuration error of that cache, not a failure of the server other caches use."""
 
 
 def not_the_servers(exc: BaseException, server: str) -> Exception | None:
