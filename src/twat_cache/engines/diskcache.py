@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +17,14 @@ from diskcache import EVICTION_POLICY
 from diskcache.core import DBNAME, MODE_RAW
 from pydantic import ByteSize
 
+from twat_cache._fork import reset_in_child
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
 from twat_cache.engines._diskcache_disk import PayloadDisk, Vanished
 from twat_cache.engines._diskcache_tools import live_entries, remove_orphans
 from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
-from twat_cache.paths import folder_bytes, refuse_links
+from twat_cache.paths import folder_bytes, private_dir, refuse_links
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DiskCacheEngine"]
@@ -56,6 +58,14 @@ _BUSY_CODES: Final = frozenset({5, 6})
 #: the expiry, by the unique (key, raw) index. Expiry is checked in Python (no clock read
 #: for the rows without one, which is every row of an engine without a ttl).
 _SELECT: Final = "SELECT expire_time, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+#: What a forked child inherited: its parent's SQLite connections, never used, closed or
+#: collected in the child (SQLite forbids carrying a connection across a fork: closing
+#: one may roll back or checkpoint what the parent is writing).
+_INHERITED: list[Any] = []
+
+
+class _Locked(EngineError):
+    """The database stayed locked by another connection while it was opened."""
 
 
 def _is_corrupt(exc: BaseException) -> bool:
@@ -114,6 +124,9 @@ class DiskCacheEngine(PersistentEngine):
     WRITE_PATIENCE: ClassVar[float] = 10.0
     #: Seconds opening waits for a lock: concurrent processes creating one database.
     OPEN_TIMEOUT: ClassVar[float] = 5.0
+    #: Seconds between two checks by reads that the folder was not deleted (writes check
+    #: every time): hits from a deleted database end within this time.
+    FOLDER_CHECK: ClassVar[float] = 1.0
     #: Seconds a value file no row references may wait for its writer to commit the row
     #: before `prune` removes it (writers commit within `BUSY_TIMEOUT` of writing it).
     COMMIT_GRACE: ClassVar[float] = 60.0
@@ -137,28 +150,86 @@ class DiskCacheEngine(PersistentEngine):
             f"ORDER BY {_VICTIM_ORDER[policy]} LIMIT ?"
         )
         self._ttl = self.config.ttl
-        self._cache = self._open(settings)
-        self._disk: PayloadDisk = self._cache.disk
+        self._settings = settings
+        self._database = self.directory / DBNAME
         self._folder = f"{self.config.folder_name}\0".encode()
         self._dumps = self.serializer.dumps
         self._loads = self.serializer.loads
+        self._opening = threading.Lock()
+        self._checked_at = 0.0
+        self._cache: diskcache.Cache | None = None
+        try:
+            self._attach(self._open(settings, self.OPEN_TIMEOUT))
+        except _Locked:
+            # Another process holds the database (a long write, a backup): this engine is
+            # still diskcache's, in this folder. It opens at the first operation that finds
+            # the lock gone; until then operations raise diskcache.Timeout, so calls run
+            # uncached (one warning), never on another engine.
+            self._read = self._read_unopened
+        reset_in_child(self)
+
+    def _attach(self, cache: diskcache.Cache) -> None:
+        self._identity = _identity(self._database)
+        self._disk: PayloadDisk = cache.disk
         # lru and lfu hits update the row (access time or count) inside diskcache's write
         # transaction: those keep diskcache's get. Every other policy reads with one SELECT.
-        self._read = self._cache.get if _reads_write(self._cache) else self._select
+        self._read = cache.get if _reads_write(cache) else self._select
+        self._cache = cache
+
+    def _live(self) -> diskcache.Cache:
+        """The open store, checked to be the database in the folder now: reopened (the
+        folder recreated, with the checks it was created with) when the folder was deleted
+        or the database replaced since, or opened if it was locked so far."""
+        cache = self._cache
+        if cache is None or self._identity != _identity(self._database):
+            cache = self._reopen()
+        return cache
+
+    def _reopen(self) -> diskcache.Cache:
+        with self._opening:
+            cache = self._cache
+            if cache is not None and self._identity == _identity(self._database):
+                return cache  # another thread reopened it meanwhile
+            private_dir(self.directory)
+            try:
+                fresh = self._open(self._settings, self.BUSY_TIMEOUT)
+            except _Locked as exc:
+                raise diskcache.Timeout(str(exc)) from exc
+            if cache is not None:
+                self._record_manifest()  # gone with the folder if the root went too
+            self._attach(fresh)
+            self._checked_at = time.monotonic()
+            if cache is not None:
+                cache.close()  # this thread's connection to the deleted file
+            return fresh
+
+    def _read_unopened(self, key: str, default: Any) -> Any:
+        self._live()
+        return self._read(key, default)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's connections are set aside unused (diskcache
+        opens this thread's own on its next use), and the locks are new."""
+        self._opening = threading.Lock()
+        cache = self._cache
+        if cache is not None:
+            _INHERITED.append(cache._local)  # diskcache's per-thread connections
+            cache._local = threading.local()
+            self._disk.after_fork()
 
     # --- opening ------------------------------------------------------------------------
 
-    def _open(self, settings: dict[str, Any]) -> diskcache.Cache:
-        database = self.directory / DBNAME
+    def _open(self, settings: dict[str, Any], timeout: float) -> diskcache.Cache:
+        database = self._database
         try:
-            return self._connect(database, settings)
+            return self._connect(database, settings, timeout)
         except sqlite3.DatabaseError as exc:
             if not _is_corrupt(exc):
                 raise
             self._move_aside(database, exc)
-        return self._connect(database, settings)
+        return self._connect(database, settings, timeout)
 
-    def _connect(self, database: Path, settings: dict[str, Any]) -> diskcache.Cache:
+    def _connect(self, database: Path, settings: dict[str, Any], timeout: float) -> diskcache.Cache:
         # SQLite opens the database and its journals by name, following links.
         refuse_links(*(f"{database}{part}" for part in ("", "-wal", "-shm", "-journal")))
         with contextlib.suppress(FileExistsError):
@@ -166,7 +237,7 @@ class DiskCacheEngine(PersistentEngine):
             os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
         # diskcache retries a locked database for 60 s while it opens: bound the wait
         # here first, and find a malformed file before diskcache trips over it.
-        probe = sqlite3.connect(database, timeout=self.OPEN_TIMEOUT, isolation_level=None)
+        probe = sqlite3.connect(database, timeout=timeout, isolation_level=None)
         try:
             probe.execute("SELECT count(*) FROM sqlite_master").fetchall()
             probe.execute("BEGIN IMMEDIATE")
@@ -174,9 +245,11 @@ class DiskCacheEngine(PersistentEngine):
         except sqlite3.OperationalError as exc:
             if _is_corrupt(exc):
                 raise
-            locked = "locked" in str(exc) or "busy" in str(exc)
-            problem = f"stayed locked for {self.OPEN_TIMEOUT} s" if locked else "cannot be written"
-            raise EngineError(f"the cache database {database} {problem} ({exc})") from exc
+            if _is_busy(exc):
+                raise _Locked(
+                    f"the cache database {database} stayed locked for {timeout} s ({exc})"
+                ) from exc
+            raise EngineError(f"the cache database {database} cannot be written ({exc})") from exc
         finally:
             probe.close()
         return diskcache.Cache(
@@ -214,6 +287,11 @@ class DiskCacheEngine(PersistentEngine):
 
     def get(self, key: Any, default: Any = None) -> Any:
         key = self.key_text(key)
+        if time.monotonic() - self._checked_at > self.FOLDER_CHECK:
+            # A folder deleted to clear it leaves this process's connection on the deleted
+            # file: its entries must not be served for long after.
+            self._checked_at = time.monotonic()
+            self._live()
         payload = self._read(key, MISS)
         if payload is MISS:
             return default
@@ -297,21 +375,22 @@ class DiskCacheEngine(PersistentEngine):
         payload = self._dumps(value, self._context(key))
         if self._count_limit == 0:
             return
+        cache = self._live()
         try:
-            self._cache.set(key, payload, expire=ttl)
+            cache.set(key, payload, expire=ttl)
         except Exception:
             # diskcache writes a value file before its transaction and removes it only
             # when the transaction cannot begin: a failed insert (disk full) leaves it.
             self._disk.discard_written()
             raise
         self._disk.committed()
-        if self._count_limit is not None and len(self._cache) > self._count_limit:
+        if self._count_limit is not None and len(cache) > self._count_limit:
             self._cull(key, self._count_limit)
 
     def _cull(self, keep: str | None, limit: int) -> int:
         # diskcache bounds bytes only: an entry count is enforced here, in the order of
         # the policy's own index, without evicting the entry just written (`keep`).
-        cache = self._cache
+        cache = self._live()
         removed: int = cache.expire() if self.expires else 0
         files: list[Any] = []
         with cache.transact():
@@ -334,20 +413,37 @@ class DiskCacheEngine(PersistentEngine):
         # fork and after `close`, and carries the busy timeout and pragmas) runs the reads
         # its public methods lack, over the Cache table's documented columns (key, raw,
         # store_time, expire_time, access_time, access_count, mode, filename, value).
-        return self._cache._con  # type: ignore[no-any-return]  # untyped library
+        cache = self._cache if self._cache is not None else self._live()
+        return cache._con  # type: ignore[no-any-return]  # untyped library
 
     def _query(self, statement: str, parameters: tuple[Any, ...]) -> list[Any]:
         return self._connection().execute(statement, parameters).fetchall()
 
     def delete(self, key: Any) -> bool:
         key = self.key_text(key)
-        return bool(self._patiently(self._cache.delete, key))
+        return bool(self._patiently(lambda: self._live().delete(key)))
 
     def clear(self) -> None:
-        self._cache.clear()
+        """Remove every entry, in one transaction (all or nothing: diskcache's own clear
+        commits in batches, and stops half-way on a lock), retried for `WRITE_PATIENCE`
+        seconds while other writers hold the database; then `EngineError`."""
+        try:
+            files = self._patiently(self._clear_rows)
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            raise EngineError(f"could not clear the cache in {self.directory}: {exc!r}") from exc
+        # The files go once the deletes have committed (see `_cull`).
+        for filename in files:
+            self._disk.remove(filename)
+
+    def _clear_rows(self) -> list[Any]:
+        cache = self._live()
+        with cache.transact():
+            rows = self._query("SELECT filename FROM Cache WHERE filename IS NOT NULL", ())
+            self._query("DELETE FROM Cache", ())
+        return [filename for (filename,) in rows]
 
     def __len__(self) -> int:
-        count = len(self._cache)  # diskcache's count includes expired entries
+        count = len(self._live())  # diskcache's count includes expired entries
         if self.expires and count:
             # Counted, not purged: a read, so cache_info() works while another process
             # holds the write lock.
@@ -362,6 +458,7 @@ class DiskCacheEngine(PersistentEngine):
         """Live entries (expired ones not counted) and the store times of the oldest and
         newest of them, from one query on diskcache's Cache table (its `store_time`
         column); `bytes`: every file in the folder (the database, its WAL, value files)."""
+        self._live()
         count, oldest, newest = live_entries(self._query)
         size = folder_bytes(self.directory)
         return {"entries": count, "bytes": size, "oldest": oldest, "newest": newest}
@@ -371,7 +468,7 @@ class DiskCacheEngine(PersistentEngine):
         for bytes, the policy's order for an entry count), and remove the value files no
         row references that are older than `COMMIT_GRACE` (left by writers killed between
         writing a file and committing its row). Returns the entries and files removed."""
-        cache = self._cache
+        cache = self._live()
         removed: int = cache.expire()
         if isinstance(self.maxsize, ByteSize):
             removed += cache.cull()
@@ -382,10 +479,20 @@ class DiskCacheEngine(PersistentEngine):
     def close(self) -> None:
         """Close this thread's database connection (diskcache opens one per thread; the
         others close with their threads). Idempotent; a later call reopens lazily."""
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()
 
     def __repr__(self) -> str:
         return f"<DiskCacheEngine directory={str(self.directory)!r} maxsize={self.maxsize}>"
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` is now (device, inode); None if there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 @contextlib.contextmanager
