@@ -55,6 +55,9 @@ SCENARIOS = (
     "stampede",
     "permissions",
     "differential",
+    "deleted",
+    "locked",
+    "fbound",
 )
 #: Scenarios that need the shared redis-server (outage starts servers of its own).
 _ON_SERVER = {
