@@ -256,6 +256,22 @@ def test_clear_past_its_patience_raises_engine_error_and_clears_nothing(
     engine.close()
 
 
+@pytest.mark.timeout(60)
+def test_klepto_sql_clear_waits_for_a_writer_then_raises_engine_error(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = KleptoEngine(CacheConfig(folder_name="k", use_sql=True))
+    for i in range(5):
+        engine.set(f"k{i}", i)
+    monkeypatch.setattr(KleptoEngine, "CLEAR_PATIENCE", 0.3)
+    with held_lock(engine.directory / "klepto.sqlite"), pytest.raises(EngineError):
+        engine.clear()  # sqlite3.OperationalError before
+    assert len(engine) == 5
+    engine.clear()
+    assert len(engine) == 0
+    engine.close()
+
+
 # --- item 8: fcache's byte bound across processes ------------------------------------------
 
 

@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import os
 import random
+import sqlite3
 import struct
 import threading
 import time
@@ -19,6 +20,7 @@ from twat_cache.config import CacheConfig
 from twat_cache.engines._evictions import EvictionQueue
 from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore, identity
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
+from twat_cache.exceptions import EngineError
 from twat_cache.paths import folder_bytes, private_dir
 from twat_cache.serializers import PayloadError
 
@@ -52,6 +54,8 @@ class KleptoEngine(PersistentEngine):
     #: Seconds between two checks by reads that the archive was not deleted (writes,
     #: clears and counts check every time).
     FOLDER_CHECK: ClassVar[float] = 1.0
+    #: Seconds `clear` keeps retrying while another process holds the SQL archive.
+    CLEAR_PATIENCE: ClassVar[float] = 10.0
 
     def __init__(self, config: CacheConfig | None = None, *, sweep: bool = True) -> None:
         """`sweep=False` opens without removing anything (expired entries, what killed
@@ -254,10 +258,27 @@ class KleptoEngine(PersistentEngine):
             return not (expires is not None and expires <= time.time())
 
     def clear(self) -> None:
-        with self._lock:
-            self._check_archive()
-            self._store.clear()
-            self._estimate = 0
+        """Remove every entry. A database another process holds (SQL archive) is retried
+        for `CLEAR_PATIENCE` seconds; what still fails is an `EngineError`."""
+        deadline = time.monotonic() + self.CLEAR_PATIENCE
+        while True:
+            try:
+                with self._lock:
+                    self._check_archive()
+                    self._store.clear()
+                    self._estimate = 0
+                return
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise EngineError(
+                    f"could not clear the cache in {self.directory}: {exc!r}"
+                ) from exc
+            except (OSError, sqlite3.Error) as exc:
+                raise EngineError(
+                    f"could not clear the cache in {self.directory}: {exc!r}"
+                ) from exc
 
     def __len__(self) -> int:
         with self._lock:
