@@ -8,6 +8,7 @@ import sqlite3
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -62,6 +63,23 @@ _SELECT: Final = "SELECT expire_time, mode, filename, value FROM Cache WHERE key
 #: collected in the child (SQLite forbids carrying a connection across a fork: closing
 #: one may roll back or checkpoint what the parent is writing).
 _INHERITED: list[Any] = []
+
+
+class _Shared:
+    """One open diskcache store, shared by every engine of this process on the same
+    database with the same settings (the closures of one factory share a folder): each
+    connection costs two file descriptors per thread, so 500 engines with their own would
+    exhaust a limit of 1024."""
+
+    __slots__ = ("__weakref__", "cache", "identity")
+
+    def __init__(self, cache: diskcache.Cache, identity: tuple[int, int] | None) -> None:
+        self.cache = cache
+        self.identity = identity
+
+
+#: The open stores by directory and settings; an entry lives while an engine uses it.
+_SHARED: weakref.WeakValueDictionary[tuple[Any, ...], _Shared] = weakref.WeakValueDictionary()
 
 
 class _Locked(EngineError):
@@ -220,16 +238,40 @@ class DiskCacheEngine(PersistentEngine):
     # --- opening ------------------------------------------------------------------------
 
     def _open(self, settings: dict[str, Any], timeout: float) -> diskcache.Cache:
+        """The store of this folder's database, once it is probed (a malformed one moved
+        aside): the store another engine of this process opened on it with the same
+        settings (`_Shared`), else a new one."""
         database = self._database
+        key = (str(self.directory), *sorted(settings.items()))
         try:
-            return self._connect(database, settings, timeout)
+            self._probe(database, timeout)
+            shared = _SHARED.get(key)
+            current = _identity(database)
+            if shared is not None and current is not None and shared.identity == current:
+                # What opening a new store would read (diskcache reads its tables): a
+                # database damaged in place since the shared store opened shows up here.
+                shared.cache._con.execute("SELECT count(*) FROM Cache").fetchall()
+                self._shared = shared
+                return shared.cache
+            return self._new_store(key, settings)
         except sqlite3.DatabaseError as exc:
             if not _is_corrupt(exc):
                 raise
             self._move_aside(database, exc)
-        return self._connect(database, settings, timeout)
+        self._probe(database, timeout)
+        return self._new_store(key, settings)
 
-    def _connect(self, database: Path, settings: dict[str, Any], timeout: float) -> diskcache.Cache:
+    def _new_store(self, key: tuple[Any, ...], settings: dict[str, Any]) -> diskcache.Cache:
+        cache = diskcache.Cache(
+            str(self.directory), timeout=self.BUSY_TIMEOUT, disk=PayloadDisk, **settings
+        )
+        # The engine keeps its `_Shared` alive; the registry only finds it.
+        self._shared = _SHARED[key] = _Shared(cache, _identity(self._database))
+        return cache
+
+    def _probe(self, database: Path, timeout: float) -> None:
+        """Create the database file 0600 if missing, and check it can be written within
+        `timeout` (`_Locked`) and is an SQLite database (`sqlite3.DatabaseError`)."""
         # SQLite opens the database and its journals by name, following links.
         refuse_links(*(f"{database}{part}" for part in ("", "-wal", "-shm", "-journal")))
         with contextlib.suppress(FileExistsError):
@@ -252,9 +294,6 @@ class DiskCacheEngine(PersistentEngine):
             raise EngineError(f"the cache database {database} cannot be written ({exc})") from exc
         finally:
             probe.close()
-        return diskcache.Cache(
-            str(self.directory), timeout=self.BUSY_TIMEOUT, disk=PayloadDisk, **settings
-        )
 
     def _move_aside(self, database: Path, exc: BaseException) -> None:
         with _directory_lock(self.directory):
