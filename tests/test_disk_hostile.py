@@ -475,3 +475,24 @@ def test_closures_of_one_factory_share_one_connection(root: Path) -> None:
     # 1024 limit; shared, a handful in all.
     assert len(os.listdir("/proc/self/fd")) - before < 20
     assert {f.cache_info().hits for f in functions} == {1}
+
+
+@pytest.mark.timeout(60)
+def test_cli_clear_all_goes_on_past_a_held_database(
+    root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from twat_cache.cli import main
+
+    monkeypatch.setattr(DiskCacheEngine, "WRITE_PATIENCE", 0.3)
+    monkeypatch.setattr(DiskCacheEngine, "OPEN_TIMEOUT", 0.2)
+    held, free = counted(bcache, folder_name="held")[0], counted(bcache, folder_name="free")[0]
+    held(1)
+    free(1)
+    with held_lock(root / "held" / "cache.db"):
+        assert main(["clear", "--all", "--yes"]) == 0
+        assert main(["clear", "held", "--yes"]) == 1
+    err = capsys.readouterr().err
+    assert "skipped: held: could not clear" in err
+    assert "Traceback" not in err
+    assert free.cache_info().currsize == 0
+    assert held.cache_info().currsize == 1  # all or nothing
