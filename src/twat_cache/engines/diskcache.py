@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import sys
 import threading
 import time
-import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -22,10 +18,21 @@ from twat_cache._fork import reset_in_child
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
 from twat_cache.engines._diskcache_disk import PayloadDisk, Vanished
-from twat_cache.engines._diskcache_tools import live_entries, remove_orphans
+from twat_cache.engines._diskcache_tools import (
+    SHARED,
+    Locked,
+    Shared,
+    identity,
+    is_busy,
+    is_corrupt,
+    live_entries,
+    move_aside,
+    probe,
+    remove_orphans,
+)
 from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
-from twat_cache.paths import folder_bytes, private_dir, refuse_links
+from twat_cache.paths import folder_bytes, private_dir
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DiskCacheEngine"]
@@ -50,11 +57,6 @@ _VICTIM_ORDER: Final = {
 }
 #: diskcache's size_limit when entries are counted, or nothing is bounded (SQLite's max int).
 _NO_BYTE_LIMIT: Final = 2**63 - 1
-_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-#: sqlite's primary result codes for a malformed file (SQLITE_CORRUPT, SQLITE_NOTADB).
-_CORRUPT_CODES: Final = frozenset({11, 26})
-#: sqlite's primary result codes for a lock held past the busy timeout (SQLITE_BUSY, _LOCKED).
-_BUSY_CODES: Final = frozenset({5, 6})
 #: The read of the hit path when reads write nothing: the columns `Disk.fetch` needs, plus
 #: the expiry, by the unique (key, raw) index. Expiry is checked in Python (no clock read
 #: for the rows without one, which is every row of an engine without a ttl).
@@ -63,45 +65,6 @@ _SELECT: Final = "SELECT expire_time, mode, filename, value FROM Cache WHERE key
 #: collected in the child (SQLite forbids carrying a connection across a fork: closing
 #: one may roll back or checkpoint what the parent is writing).
 _INHERITED: list[Any] = []
-
-
-class _Shared:
-    """One open diskcache store, shared by every engine of this process on the same
-    database with the same settings (the closures of one factory share a folder): each
-    connection costs two file descriptors per thread, so 500 engines with their own would
-    exhaust a limit of 1024."""
-
-    __slots__ = ("__weakref__", "cache", "identity")
-
-    def __init__(self, cache: diskcache.Cache, identity: tuple[int, int] | None) -> None:
-        self.cache = cache
-        self.identity = identity
-
-
-#: The open stores by directory and settings; an entry lives while an engine uses it.
-_SHARED: weakref.WeakValueDictionary[tuple[Any, ...], _Shared] = weakref.WeakValueDictionary()
-
-
-class _Locked(EngineError):
-    """The database stayed locked by another connection while it was opened."""
-
-
-def _is_corrupt(exc: BaseException) -> bool:
-    if not isinstance(exc, sqlite3.DatabaseError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return code & 0xFF in _CORRUPT_CODES
-    message = str(exc)
-    return "malformed" in message or "not a database" in message
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return code & 0xFF in _BUSY_CODES
-    message = str(exc)
-    return "locked" in message or "busy" in message
 
 
 def _reads_write(cache: diskcache.Cache) -> bool:
@@ -178,7 +141,7 @@ class DiskCacheEngine(PersistentEngine):
         self._cache: diskcache.Cache | None = None
         try:
             self._attach(self._open(settings, self.OPEN_TIMEOUT))
-        except _Locked:
+        except Locked:
             # Another process holds the database (a long write, a backup): this engine is
             # still diskcache's, in this folder. It opens at the first operation that finds
             # the lock gone; until then operations raise diskcache.Timeout, so calls run
@@ -187,7 +150,7 @@ class DiskCacheEngine(PersistentEngine):
         reset_in_child(self)
 
     def _attach(self, cache: diskcache.Cache) -> None:
-        self._identity = _identity(self._database)
+        self._identity = identity(self._database)
         self._disk: PayloadDisk = cache.disk
         # lru and lfu hits update the row (access time or count) inside diskcache's write
         # transaction: those keep diskcache's get. Every other policy reads with one SELECT.
@@ -199,19 +162,19 @@ class DiskCacheEngine(PersistentEngine):
         folder recreated, with the checks it was created with) when the folder was deleted
         or the database replaced since, or opened if it was locked so far."""
         cache = self._cache
-        if cache is None or self._identity != _identity(self._database):
+        if cache is None or self._identity != identity(self._database):
             cache = self._reopen()
         return cache
 
     def _reopen(self) -> diskcache.Cache:
         with self._opening:
             cache = self._cache
-            if cache is not None and self._identity == _identity(self._database):
+            if cache is not None and self._identity == identity(self._database):
                 return cache  # another thread reopened it meanwhile
             private_dir(self.directory)
             try:
                 fresh = self._open(self._settings, self.BUSY_TIMEOUT)
-            except _Locked as exc:
+            except Locked as exc:
                 raise diskcache.Timeout(str(exc)) from exc
             if cache is not None:
                 self._record_manifest()  # gone with the folder if the root went too
@@ -244,9 +207,9 @@ class DiskCacheEngine(PersistentEngine):
         database = self._database
         key = (str(self.directory), *sorted(settings.items()))
         try:
-            self._probe(database, timeout)
-            shared = _SHARED.get(key)
-            current = _identity(database)
+            probe(database, timeout)
+            shared = SHARED.get(key)
+            current = identity(database)
             if shared is not None and current is not None and shared.identity == current:
                 # What opening a new store would read (diskcache reads its tables): a
                 # database damaged in place since the shared store opened shows up here.
@@ -255,10 +218,10 @@ class DiskCacheEngine(PersistentEngine):
                 return shared.cache
             return self._new_store(key, settings)
         except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
+            if not is_corrupt(exc):
                 raise
             self._move_aside(database, exc)
-        self._probe(database, timeout)
+        probe(database, timeout)
         return self._new_store(key, settings)
 
     def _new_store(self, key: tuple[Any, ...], settings: dict[str, Any]) -> diskcache.Cache:
@@ -266,61 +229,16 @@ class DiskCacheEngine(PersistentEngine):
             str(self.directory), timeout=self.BUSY_TIMEOUT, disk=PayloadDisk, **settings
         )
         # The engine keeps its `_Shared` alive; the registry only finds it.
-        self._shared = _SHARED[key] = _Shared(cache, _identity(self._database))
+        self._shared = SHARED[key] = Shared(cache, identity(self._database))
         return cache
 
-    def _probe(self, database: Path, timeout: float) -> None:
-        """Create the database file 0600 if missing, and check it can be written within
-        `timeout` (`_Locked`) and is an SQLite database (`sqlite3.DatabaseError`)."""
-        # SQLite opens the database and its journals by name, following links.
-        refuse_links(*(f"{database}{part}" for part in ("", "-wal", "-shm", "-journal")))
-        with contextlib.suppress(FileExistsError):
-            # Created 0600 before SQLite sees it: its -wal and -shm files copy the mode.
-            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
-        # diskcache retries a locked database for 60 s while it opens: bound the wait
-        # here first, and find a malformed file before diskcache trips over it.
-        probe = sqlite3.connect(database, timeout=timeout, isolation_level=None)
-        try:
-            probe.execute("SELECT count(*) FROM sqlite_master").fetchall()
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-        except sqlite3.OperationalError as exc:
-            if _is_corrupt(exc):
-                raise
-            if _is_busy(exc):
-                raise _Locked(
-                    f"the cache database {database} stayed locked for {timeout} s ({exc})"
-                ) from exc
-            raise EngineError(f"the cache database {database} cannot be written ({exc})") from exc
-        finally:
-            probe.close()
-
     def _move_aside(self, database: Path, exc: BaseException) -> None:
-        with _directory_lock(self.directory):
-            # Another process may have rebuilt it meanwhile: never move a healthy database.
-            try:
-                probe = sqlite3.connect(database, timeout=self.OPEN_TIMEOUT)
-                try:
-                    # A full check, on this rare path only: the opening probe reads the
-                    # header and schema, a damaged page elsewhere shows up here.
-                    if probe.execute("PRAGMA quick_check").fetchall() == [("ok",)]:
-                        return
-                finally:
-                    probe.close()
-            except sqlite3.DatabaseError as again:
-                if not _is_corrupt(again):
-                    raise
-            now = time.time()
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
-            suffix = f".corrupt-{stamp}.{int(now * 1e6) % 1_000_000:06d}"
-            # The WAL belongs to the old file: replayed into a new database it would corrupt it.
-            for part in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(f"{database}{part}", f"{database}{part}{suffix}")
-        warn(
-            f"twat_cache: the diskcache database {database} was malformed ({exc}); it was "
-            f"moved aside to {database.name}{suffix} and an empty cache was created"
-        )
+        suffix = move_aside(self.directory, database, self.OPEN_TIMEOUT)
+        if suffix is not None:
+            warn(
+                f"twat_cache: the diskcache database {database} was malformed ({exc}); it was "
+                f"moved aside to {database.name}{suffix} and an empty cache was created"
+            )
 
     # --- the store ----------------------------------------------------------------------
 
@@ -356,7 +274,7 @@ class DiskCacheEngine(PersistentEngine):
         try:
             found = self._connection().execute(_SELECT, (key,)).fetchone()
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 raise diskcache.Timeout(str(exc)) from exc
             raise
         if found is None:
@@ -525,28 +443,3 @@ class DiskCacheEngine(PersistentEngine):
 
     def __repr__(self) -> str:
         return f"<DiskCacheEngine directory={str(self.directory)!r} maxsize={self.maxsize}>"
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """Which file `path` is now (device, inode); None if there is none."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-@contextlib.contextmanager
-def _directory_lock(directory: Path) -> Iterator[None]:
-    """Serialize database recovery between processes (flock on the directory itself)."""
-    if sys.platform == "win32":  # no flock: recovery races are left to os.replace
-        yield
-        return
-    import fcntl
-
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
