@@ -54,6 +54,9 @@ def test_quick_profile_meets_every_target(tmp_path: Path) -> None:
         "credentials",
         "names",
         "leaks",
+        "deleted",
+        "locked",
+        "fbound",
     }, shown
     missed = sorted(
         f"{r['scenario']} / {r['engine']}: {r['figure']}" for r in rows if r["status"] == "MISS"

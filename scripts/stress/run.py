@@ -63,6 +63,9 @@ SCENARIOS = (
     "credentials",
     "names",
     "leaks",
+    "deleted",
+    "locked",
+    "fbound",
 )
 #: Scenarios that need the shared redis-server (outage starts servers of its own).
 _ON_SERVER = {

@@ -273,13 +273,16 @@ def _clear(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             with _opened(path) as engine:
-                count = len(engine)
-                engine.clear()
+                try:
+                    count = len(engine)
+                    engine.clear()
+                except Exception as exc:  # a database another process holds past patience
+                    raise UserError(f"{path.name}: could not clear: {exc}") from None
         except UserError as exc:
             if args.folder is not None:
                 raise
-            errors.append(str(exc))  # every other folder is still cleared
-            continue
+            errors.append(str(exc))
+            continue  # every other folder is still cleared
         cleared.append({"folder": path.name, "entries": count})
     if args.json:
         print(json.dumps({"cleared": cleared, "errors": errors}, indent=2))

@@ -65,6 +65,8 @@ def cache_root() -> Path:
 
     Read on every call (not once at import), so a process can point caches elsewhere;
     created 0700, and refused if it is writable by others or owned by another user.
+    Always absolute: a relative `TWAT_CACHE_DIR` is taken from the working directory of
+    this call, so a cache created now keeps its folder after a later `os.chdir`.
     """
     configured = os.environ.get("TWAT_CACHE_DIR", "").strip()
     if configured:
@@ -73,7 +75,7 @@ def cache_root() -> Path:
         import platformdirs  # imported here: only persistent caches need it
 
         root = Path(platformdirs.user_cache_dir("twat_cache"))
-    return private_dir(root)
+    return private_dir(Path(os.path.abspath(root)))
 
 
 def validate_folder_name(name: str) -> str:
@@ -276,7 +278,11 @@ def private_dir(path: Path) -> Path:
     """Create `path` (and missing parents) 0700, or check an existing one is private.
 
     A directory writable by group or others, or owned by another user, is refused: files
-    an attacker can plant there would be read back as cache entries.
+    an attacker can plant there would be read back as cache entries. Where `path` is a
+    symbolic link, the link itself is checked too: it must be owned by this user (or by
+    root), in a directory where no one else can replace it (not writable by others, or
+    sticky as /tmp is). Another user's link in /tmp could otherwise point the cache at any
+    directory this user owns (its files would be written, read and removed there).
     """
     try:
         make_private_dirs(path)
@@ -284,6 +290,7 @@ def private_dir(path: Path) -> Path:
     except OSError as exc:
         raise ConfigurationError(f"cannot create the cache directory {path}: {exc}") from exc
     if stat.S_ISLNK(info.st_mode):
+        _check_link(path, info)
         info = path.stat()
     if not stat.S_ISDIR(info.st_mode):
         raise ConfigurationError(f"the cache path {path} exists and is not a directory")
@@ -299,6 +306,27 @@ def private_dir(path: Path) -> Path:
             f"run `chmod 700 {path}` or set TWAT_CACHE_DIR elsewhere"
         )
     return path
+
+
+def _check_link(path: Path, info: os.stat_result) -> None:
+    """Refuse the link `path` (its lstat: `info`) unless this user or root made it, in a
+    directory where no other user can replace it."""
+    if not hasattr(os, "getuid"):  # Windows: no link owners to compare
+        return
+    if info.st_uid not in (os.getuid(), 0):
+        raise ConfigurationError(
+            f"the cache path {path} is a symbolic link owned by another user "
+            f"(uid {info.st_uid}); refusing to follow it: remove it or set TWAT_CACHE_DIR "
+            "to a directory of your own"
+        )
+    parent = path.parent.stat()
+    shared = parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if shared and not parent.st_mode & stat.S_ISVTX:
+        raise ConfigurationError(
+            f"the cache path {path} is a symbolic link in {path.parent}, a directory other "
+            f"users can write to (mode {stat.S_IMODE(parent.st_mode):o}, not sticky): any of "
+            "them could replace the link; refusing to follow it"
+        )
 
 
 @contextlib.contextmanager

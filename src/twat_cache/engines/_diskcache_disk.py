@@ -93,6 +93,10 @@ class PayloadDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no t
             raise
         os.close(fd)
 
+    def after_fork(self) -> None:
+        """In a forked child: forget what the parent's threads were writing."""
+        self._written = threading.local()
+
     def discard_written(self) -> None:
         """Remove the file this thread's last `store` wrote: its row never committed."""
         filename = getattr(self._written, "filename", None)

@@ -1,17 +1,168 @@
-"""DiskCacheEngine's folder tools (`stats`, `prune`): live entries, and the orphan sweep."""
+"""DiskCacheEngine's tools: opening its database (the probe, moving a malformed one aside,
+the stores shared in a process) and its folder tools (`stats`, `prune`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import sqlite3
 import stat
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["Query", "is_value_file", "live_entries", "remove_orphans"]
+import diskcache
+
+from twat_cache.exceptions import EngineError
+from twat_cache.paths import refuse_links
+
+__all__ = [
+    "SHARED",
+    "Locked",
+    "Query",
+    "Shared",
+    "identity",
+    "is_busy",
+    "is_corrupt",
+    "is_value_file",
+    "live_entries",
+    "move_aside",
+    "probe",
+    "remove_orphans",
+]
+
+_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+#: sqlite's primary result codes for a malformed file (SQLITE_CORRUPT, SQLITE_NOTADB).
+_CORRUPT_CODES: Final = frozenset({11, 26})
+#: sqlite's primary result codes for a lock held past the busy timeout (SQLITE_BUSY, _LOCKED).
+_BUSY_CODES: Final = frozenset({5, 6})
+
+
+# --- opening the database ------------------------------------------------------------------
+
+
+class Shared:
+    """One open diskcache store, shared by every engine of this process on the same
+    database with the same settings (the closures of one factory share a folder): each
+    connection costs two file descriptors per thread, so 500 engines with their own would
+    exhaust a limit of 1024."""
+
+    __slots__ = ("__weakref__", "cache", "identity")
+
+    def __init__(self, cache: diskcache.Cache, identity: tuple[int, int] | None) -> None:
+        self.cache = cache
+        self.identity = identity
+
+
+#: The open stores by directory and settings; an entry lives while an engine uses it.
+SHARED: weakref.WeakValueDictionary[tuple[Any, ...], Shared] = weakref.WeakValueDictionary()
+
+
+class Locked(EngineError):
+    """The database stayed locked by another connection while it was opened."""
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    message = str(exc)
+    return "malformed" in message or "not a database" in message
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    message = str(exc)
+    return "locked" in message or "busy" in message
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` is now (device, inode); None if there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def probe(database: Path, timeout: float) -> None:
+    """Create the database file 0600 if missing, and check it can be written within
+    `timeout` (`Locked`) and is an SQLite database (`sqlite3.DatabaseError`)."""
+    # SQLite opens the database and its journals by name, following links.
+    refuse_links(*(f"{database}{part}" for part in ("", "-wal", "-shm", "-journal")))
+    with contextlib.suppress(FileExistsError):
+        # Created 0600 before SQLite sees it: its -wal and -shm files copy the mode.
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
+    # diskcache retries a locked database for 60 s while it opens: bound the wait here
+    # first, and find a malformed file before diskcache trips over it.
+    connection = sqlite3.connect(database, timeout=timeout, isolation_level=None)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if is_corrupt(exc):
+            raise
+        if is_busy(exc):
+            raise Locked(
+                f"the cache database {database} stayed locked for {timeout} s ({exc})"
+            ) from exc
+        raise EngineError(f"the cache database {database} cannot be written ({exc})") from exc
+    finally:
+        connection.close()
+
+
+def move_aside(directory: Path, database: Path, timeout: float) -> str | None:
+    """Move a malformed database (and its WAL) aside; returns the suffix of the names it
+    was given, None when another process rebuilt it meanwhile (a healthy one stays)."""
+    with _directory_lock(directory):
+        try:
+            check = sqlite3.connect(database, timeout=timeout)
+            try:
+                # A full check, on this rare path only: the opening probe reads the header
+                # and schema, a damaged page elsewhere shows up here.
+                if check.execute("PRAGMA quick_check").fetchall() == [("ok",)]:
+                    return None
+            finally:
+                check.close()
+        except sqlite3.DatabaseError as again:
+            if not is_corrupt(again):
+                raise
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
+        suffix = f".corrupt-{stamp}.{int(now * 1e6) % 1_000_000:06d}"
+        # The WAL belongs to the old file: replayed into a new database it would corrupt it.
+        for part in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{database}{part}", f"{database}{part}{suffix}")
+    return suffix
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Serialize database recovery between processes (flock on the directory itself)."""
+    if sys.platform == "win32":  # no flock: recovery races are left to os.replace
+        yield
+        return
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- folder tools --------------------------------------------------------------------------
 
 #: Runs one statement on the engine's database connection and returns every row.
 Query = Callable[[str, tuple[Any, ...]], list[Any]]

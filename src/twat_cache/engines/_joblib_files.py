@@ -169,9 +169,14 @@ class Listing:
 
 
 def scan(directory: Path) -> Listing:
-    """List the engine's files in `directory` (each with its lstat: links are not followed)."""
+    """List the engine's files in `directory` (each with its lstat: links are not followed);
+    a missing `directory` lists nothing."""
     listing = Listing({}, {}, [])
-    with os.scandir(directory) as entries:
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:  # the folder was deleted: it holds nothing
+        return listing
+    with entries:
         for entry in entries:
             try:
                 if match := RECORD.fullmatch(entry.name):

@@ -31,7 +31,22 @@ from twat_cache.paths import (
 )
 from twat_cache.serializers import PayloadError
 
-__all__ = ["DirStore", "Entry", "SqlStore"]
+__all__ = ["DirStore", "Entry", "SqlStore", "identity"]
+
+#: What a forked child inherited of SqlStore's: its parent's SQLite connections, never
+#: used, closed or collected in the child (closing one may roll back what the parent is
+#: writing, through the rollback journal both see).
+_INHERITED: list[Any] = []
+
+
+def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Which file or directory `path` is now (device, inode); None if there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
 
 NAME = re.compile(r"[0-9a-f]{40}")  # entry names: a BLAKE2b-160 of the key, in hex
 # Each stored record is the JSON list [expiry, payload]: the expiry leads in the clear for
@@ -266,6 +281,13 @@ class DirStore:
     def close(self) -> None:
         """Nothing to release: the archive opens files per operation."""
 
+    def reopen(self) -> None:
+        """Make the archive's directory again (0700) after it was deleted."""
+        make_dirs_beneath(self.root.parent, self.root.name)
+
+    def after_fork(self) -> None:
+        """Nothing is held open between operations."""
+
 
 class SqlStore:
     """Two tables of one SQLite file via klepto's `sqltable_archive`: `data` holds the
@@ -440,6 +462,21 @@ class SqlStore:
         if self._touched:
             self.flush()
         self._local = threading.local()  # drops every thread's connections
+
+    def reopen(self) -> None:
+        """Open the database again after it was deleted (with its folder, say): the open
+        connections write to the deleted file."""
+        self._touched = {}
+        self._local = threading.local()
+        self._tables()
+        os.chmod(self.path, 0o600)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's connections are set aside unused; this thread
+        opens its own on next use."""
+        _INHERITED.append(self._local)
+        self._local = threading.local()
+        self._touched = {}
 
 
 def float_or_none(value: Any) -> float | None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import sys
+import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -16,13 +14,25 @@ from diskcache import EVICTION_POLICY
 from diskcache.core import DBNAME, MODE_RAW
 from pydantic import ByteSize
 
+from twat_cache._fork import reset_in_child
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
 from twat_cache.engines._diskcache_disk import PayloadDisk, Vanished
-from twat_cache.engines._diskcache_tools import live_entries, remove_orphans
+from twat_cache.engines._diskcache_tools import (
+    SHARED,
+    Locked,
+    Shared,
+    identity,
+    is_busy,
+    is_corrupt,
+    live_entries,
+    move_aside,
+    probe,
+    remove_orphans,
+)
 from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
-from twat_cache.paths import folder_bytes, refuse_links
+from twat_cache.paths import folder_bytes, private_dir
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DiskCacheEngine"]
@@ -47,33 +57,14 @@ _VICTIM_ORDER: Final = {
 }
 #: diskcache's size_limit when entries are counted, or nothing is bounded (SQLite's max int).
 _NO_BYTE_LIMIT: Final = 2**63 - 1
-_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-#: sqlite's primary result codes for a malformed file (SQLITE_CORRUPT, SQLITE_NOTADB).
-_CORRUPT_CODES: Final = frozenset({11, 26})
-#: sqlite's primary result codes for a lock held past the busy timeout (SQLITE_BUSY, _LOCKED).
-_BUSY_CODES: Final = frozenset({5, 6})
 #: The read of the hit path when reads write nothing: the columns `Disk.fetch` needs, plus
 #: the expiry, by the unique (key, raw) index. Expiry is checked in Python (no clock read
 #: for the rows without one, which is every row of an engine without a ttl).
 _SELECT: Final = "SELECT expire_time, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
-
-
-def _is_corrupt(exc: BaseException) -> bool:
-    if not isinstance(exc, sqlite3.DatabaseError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return code & 0xFF in _CORRUPT_CODES
-    message = str(exc)
-    return "malformed" in message or "not a database" in message
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return code & 0xFF in _BUSY_CODES
-    message = str(exc)
-    return "locked" in message or "busy" in message
+#: What a forked child inherited: its parent's SQLite connections, never used, closed or
+#: collected in the child (SQLite forbids carrying a connection across a fork: closing
+#: one may roll back or checkpoint what the parent is writing).
+_INHERITED: list[Any] = []
 
 
 def _reads_write(cache: diskcache.Cache) -> bool:
@@ -114,6 +105,9 @@ class DiskCacheEngine(PersistentEngine):
     WRITE_PATIENCE: ClassVar[float] = 10.0
     #: Seconds opening waits for a lock: concurrent processes creating one database.
     OPEN_TIMEOUT: ClassVar[float] = 5.0
+    #: Seconds between two checks by reads that the folder was not deleted (writes check
+    #: every time): hits from a deleted database end within this time.
+    FOLDER_CHECK: ClassVar[float] = 1.0
     #: Seconds a value file no row references may wait for its writer to commit the row
     #: before `prune` removes it (writers commit within `BUSY_TIMEOUT` of writing it).
     COMMIT_GRACE: ClassVar[float] = 60.0
@@ -137,83 +131,124 @@ class DiskCacheEngine(PersistentEngine):
             f"ORDER BY {_VICTIM_ORDER[policy]} LIMIT ?"
         )
         self._ttl = self.config.ttl
-        self._cache = self._open(settings)
-        self._disk: PayloadDisk = self._cache.disk
+        self._settings = settings
+        self._database = self.directory / DBNAME
         self._folder = f"{self.config.folder_name}\0".encode()
         self._dumps = self.serializer.dumps
         self._loads = self.serializer.loads
+        self._opening = threading.Lock()
+        self._checked_at = 0.0
+        self._cache: diskcache.Cache | None = None
+        try:
+            self._attach(self._open(settings, self.OPEN_TIMEOUT))
+        except Locked:
+            # Another process holds the database (a long write, a backup): this engine is
+            # still diskcache's, in this folder. It opens at the first operation that finds
+            # the lock gone; until then operations raise diskcache.Timeout, so calls run
+            # uncached (one warning), never on another engine.
+            self._read = self._read_unopened
+        reset_in_child(self)
+
+    def _attach(self, cache: diskcache.Cache) -> None:
+        self._identity = identity(self._database)
+        self._disk: PayloadDisk = cache.disk
         # lru and lfu hits update the row (access time or count) inside diskcache's write
         # transaction: those keep diskcache's get. Every other policy reads with one SELECT.
-        self._read = self._cache.get if _reads_write(self._cache) else self._select
+        self._read = cache.get if _reads_write(cache) else self._select
+        self._cache = cache
+
+    def _live(self) -> diskcache.Cache:
+        """The open store, checked to be the database in the folder now: reopened (the
+        folder recreated, with the checks it was created with) when the folder was deleted
+        or the database replaced since, or opened if it was locked so far."""
+        cache = self._cache
+        if cache is None or self._identity != identity(self._database):
+            cache = self._reopen()
+        return cache
+
+    def _reopen(self) -> diskcache.Cache:
+        with self._opening:
+            cache = self._cache
+            if cache is not None and self._identity == identity(self._database):
+                return cache  # another thread reopened it meanwhile
+            private_dir(self.directory)
+            try:
+                fresh = self._open(self._settings, self.BUSY_TIMEOUT)
+            except Locked as exc:
+                raise diskcache.Timeout(str(exc)) from exc
+            if cache is not None:
+                self._record_manifest()  # gone with the folder if the root went too
+            self._attach(fresh)
+            self._checked_at = time.monotonic()
+            if cache is not None:
+                cache.close()  # this thread's connection to the deleted file
+            return fresh
+
+    def _read_unopened(self, key: str, default: Any) -> Any:
+        self._live()
+        return self._read(key, default)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's connections are set aside unused (diskcache
+        opens this thread's own on its next use), and the locks are new."""
+        self._opening = threading.Lock()
+        cache = self._cache
+        if cache is not None:
+            _INHERITED.append(cache._local)  # diskcache's per-thread connections
+            cache._local = threading.local()
+            self._disk.after_fork()
 
     # --- opening ------------------------------------------------------------------------
 
-    def _open(self, settings: dict[str, Any]) -> diskcache.Cache:
-        database = self.directory / DBNAME
+    def _open(self, settings: dict[str, Any], timeout: float) -> diskcache.Cache:
+        """The store of this folder's database, once it is probed (a malformed one moved
+        aside): the store another engine of this process opened on it with the same
+        settings (`_Shared`), else a new one."""
+        database = self._database
+        key = (str(self.directory), *sorted(settings.items()))
         try:
-            return self._connect(database, settings)
+            probe(database, timeout)
+            shared = SHARED.get(key)
+            current = identity(database)
+            if shared is not None and current is not None and shared.identity == current:
+                # What opening a new store would read (diskcache reads its tables): a
+                # database damaged in place since the shared store opened shows up here.
+                shared.cache._con.execute("SELECT count(*) FROM Cache").fetchall()
+                self._shared = shared
+                return shared.cache
+            return self._new_store(key, settings)
         except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
+            if not is_corrupt(exc):
                 raise
             self._move_aside(database, exc)
-        return self._connect(database, settings)
+        probe(database, timeout)
+        return self._new_store(key, settings)
 
-    def _connect(self, database: Path, settings: dict[str, Any]) -> diskcache.Cache:
-        # SQLite opens the database and its journals by name, following links.
-        refuse_links(*(f"{database}{part}" for part in ("", "-wal", "-shm", "-journal")))
-        with contextlib.suppress(FileExistsError):
-            # Created 0600 before SQLite sees it: its -wal and -shm files copy the mode.
-            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
-        # diskcache retries a locked database for 60 s while it opens: bound the wait
-        # here first, and find a malformed file before diskcache trips over it.
-        probe = sqlite3.connect(database, timeout=self.OPEN_TIMEOUT, isolation_level=None)
-        try:
-            probe.execute("SELECT count(*) FROM sqlite_master").fetchall()
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-        except sqlite3.OperationalError as exc:
-            if _is_corrupt(exc):
-                raise
-            locked = "locked" in str(exc) or "busy" in str(exc)
-            problem = f"stayed locked for {self.OPEN_TIMEOUT} s" if locked else "cannot be written"
-            raise EngineError(f"the cache database {database} {problem} ({exc})") from exc
-        finally:
-            probe.close()
-        return diskcache.Cache(
+    def _new_store(self, key: tuple[Any, ...], settings: dict[str, Any]) -> diskcache.Cache:
+        cache = diskcache.Cache(
             str(self.directory), timeout=self.BUSY_TIMEOUT, disk=PayloadDisk, **settings
         )
+        # The engine keeps its `_Shared` alive; the registry only finds it.
+        self._shared = SHARED[key] = Shared(cache, identity(self._database))
+        return cache
 
     def _move_aside(self, database: Path, exc: BaseException) -> None:
-        with _directory_lock(self.directory):
-            # Another process may have rebuilt it meanwhile: never move a healthy database.
-            try:
-                probe = sqlite3.connect(database, timeout=self.OPEN_TIMEOUT)
-                try:
-                    # A full check, on this rare path only: the opening probe reads the
-                    # header and schema, a damaged page elsewhere shows up here.
-                    if probe.execute("PRAGMA quick_check").fetchall() == [("ok",)]:
-                        return
-                finally:
-                    probe.close()
-            except sqlite3.DatabaseError as again:
-                if not _is_corrupt(again):
-                    raise
-            now = time.time()
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
-            suffix = f".corrupt-{stamp}.{int(now * 1e6) % 1_000_000:06d}"
-            # The WAL belongs to the old file: replayed into a new database it would corrupt it.
-            for part in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(f"{database}{part}", f"{database}{part}{suffix}")
-        warn(
-            f"twat_cache: the diskcache database {database} was malformed ({exc}); it was "
-            f"moved aside to {database.name}{suffix} and an empty cache was created"
-        )
+        suffix = move_aside(self.directory, database, self.OPEN_TIMEOUT)
+        if suffix is not None:
+            warn(
+                f"twat_cache: the diskcache database {database} was malformed ({exc}); it was "
+                f"moved aside to {database.name}{suffix} and an empty cache was created"
+            )
 
     # --- the store ----------------------------------------------------------------------
 
     def get(self, key: Any, default: Any = None) -> Any:
         key = self.key_text(key)
+        if time.monotonic() - self._checked_at > self.FOLDER_CHECK:
+            # A folder deleted to clear it leaves this process's connection on the deleted
+            # file: its entries must not be served for long after.
+            self._checked_at = time.monotonic()
+            self._live()
         payload = self._read(key, MISS)
         if payload is MISS:
             return default
@@ -239,7 +274,7 @@ class DiskCacheEngine(PersistentEngine):
         try:
             found = self._connection().execute(_SELECT, (key,)).fetchone()
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 raise diskcache.Timeout(str(exc)) from exc
             raise
         if found is None:
@@ -297,21 +332,22 @@ class DiskCacheEngine(PersistentEngine):
         payload = self._dumps(value, self._context(key))
         if self._count_limit == 0:
             return
+        cache = self._live()
         try:
-            self._cache.set(key, payload, expire=ttl)
+            cache.set(key, payload, expire=ttl)
         except Exception:
             # diskcache writes a value file before its transaction and removes it only
             # when the transaction cannot begin: a failed insert (disk full) leaves it.
             self._disk.discard_written()
             raise
         self._disk.committed()
-        if self._count_limit is not None and len(self._cache) > self._count_limit:
+        if self._count_limit is not None and len(cache) > self._count_limit:
             self._cull(key, self._count_limit)
 
     def _cull(self, keep: str | None, limit: int) -> int:
         # diskcache bounds bytes only: an entry count is enforced here, in the order of
         # the policy's own index, without evicting the entry just written (`keep`).
-        cache = self._cache
+        cache = self._live()
         removed: int = cache.expire() if self.expires else 0
         files: list[Any] = []
         with cache.transact():
@@ -334,20 +370,39 @@ class DiskCacheEngine(PersistentEngine):
         # fork and after `close`, and carries the busy timeout and pragmas) runs the reads
         # its public methods lack, over the Cache table's documented columns (key, raw,
         # store_time, expire_time, access_time, access_count, mode, filename, value).
-        return self._cache._con  # type: ignore[no-any-return]  # untyped library
+        cache = self._cache if self._cache is not None else self._live()
+        return cache._con  # type: ignore[no-any-return]  # untyped library
 
     def _query(self, statement: str, parameters: tuple[Any, ...]) -> list[Any]:
         return self._connection().execute(statement, parameters).fetchall()
 
     def delete(self, key: Any) -> bool:
         key = self.key_text(key)
-        return bool(self._patiently(self._cache.delete, key))
+        return bool(self._patiently(lambda: self._live().delete(key)))
 
     def clear(self) -> None:
-        self._cache.clear()
+        """Remove every entry, in one transaction (all or nothing: diskcache's own clear
+        commits in batches, and stops half-way on a lock), retried for `WRITE_PATIENCE`
+        seconds while other writers hold the database; then `EngineError`."""
+        try:
+            files = self._patiently(self._clear_rows)
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            raise EngineError(f"could not clear the cache in {self.directory}: {exc!r}") from exc
+        # The files go once the deletes have committed (see `_cull`); one that cannot be
+        # removed is an orphan no row names, which `prune` removes.
+        for filename in files:
+            with contextlib.suppress(OSError):
+                self._disk.remove(filename)
+
+    def _clear_rows(self) -> list[Any]:
+        cache = self._live()
+        with cache.transact():
+            rows = self._query("SELECT filename FROM Cache WHERE filename IS NOT NULL", ())
+            self._query("DELETE FROM Cache", ())
+        return [filename for (filename,) in rows]
 
     def __len__(self) -> int:
-        count = len(self._cache)  # diskcache's count includes expired entries
+        count = len(self._live())  # diskcache's count includes expired entries
         if self.expires and count:
             # Counted, not purged: a read, so cache_info() works while another process
             # holds the write lock.
@@ -362,6 +417,7 @@ class DiskCacheEngine(PersistentEngine):
         """Live entries (expired ones not counted) and the store times of the oldest and
         newest of them, from one query on diskcache's Cache table (its `store_time`
         column); `bytes`: every file in the folder (the database, its WAL, value files)."""
+        self._live()
         count, oldest, newest = live_entries(self._query)
         size = folder_bytes(self.directory)
         return {"entries": count, "bytes": size, "oldest": oldest, "newest": newest}
@@ -371,7 +427,7 @@ class DiskCacheEngine(PersistentEngine):
         for bytes, the policy's order for an entry count), and remove the value files no
         row references that are older than `COMMIT_GRACE` (left by writers killed between
         writing a file and committing its row). Returns the entries and files removed."""
-        cache = self._cache
+        cache = self._live()
         removed: int = cache.expire()
         if isinstance(self.maxsize, ByteSize):
             removed += cache.cull()
@@ -382,23 +438,8 @@ class DiskCacheEngine(PersistentEngine):
     def close(self) -> None:
         """Close this thread's database connection (diskcache opens one per thread; the
         others close with their threads). Idempotent; a later call reopens lazily."""
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()
 
     def __repr__(self) -> str:
         return f"<DiskCacheEngine directory={str(self.directory)!r} maxsize={self.maxsize}>"
-
-
-@contextlib.contextmanager
-def _directory_lock(directory: Path) -> Iterator[None]:
-    """Serialize database recovery between processes (flock on the directory itself)."""
-    if sys.platform == "win32":  # no flock: recovery races are left to os.replace
-        yield
-        return
-    import fcntl
-
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -18,13 +18,21 @@ from typing import Any, ClassVar
 import joblib
 from pydantic import ByteSize
 
+from twat_cache._fork import reset_in_child
 from twat_cache.config import CacheConfig
 from twat_cache.engines import _joblib_files as files
 from twat_cache.engines._evictions import EvictionQueue
 from twat_cache.engines._joblib_files import HEAD, MAGIC, Listing, Meta
 from twat_cache.engines._joblib_mac import MAC_SIZE, check, file_mac
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
-from twat_cache.paths import atomic_write, cache_root, disk_usage, folder_bytes, set_times
+from twat_cache.paths import (
+    atomic_write,
+    cache_root,
+    disk_usage,
+    folder_bytes,
+    private_dir,
+    set_times,
+)
 from twat_cache.serializers import PayloadError, UnserializableError, get_secret, sign, verify
 
 __all__ = ["JoblibEngine"]
@@ -86,12 +94,11 @@ class JoblibEngine(PersistentEngine):
         bound = self.maxsize
         self._bound = bound
         self._by_bytes = isinstance(bound, ByteSize)
-        self._lock = threading.Lock()
-        self._scanning = threading.Lock()
-        self._evicting = threading.RLock()
+        self._new_locks()
         self._queue = EvictionQueue(self._by_bytes)
-        self._names = tuple(threading.Lock() for _ in range(64))  # see `_name_lock`
-        self._count = self._bytes = self._writes = 0
+        # Entries, bytes (net) and writes by the accounting; bytes written since the last
+        # scan (`_rescan_due`).
+        self._count = self._bytes = self._writes = self._written = 0
         # What this engine's writes have added since it opened (entries, bytes), never
         # reset: an accounting taken from a scan adds what was written since it began.
         self._added = self._grown = 0
@@ -100,6 +107,19 @@ class JoblibEngine(PersistentEngine):
             self._account(prune=True)
         else:  # a tool's open: no scan until a first write needs the accounting
             self._writes = self.RESCAN_WRITES
+        reset_in_child(self)
+
+    def _new_locks(self) -> None:
+        self._lock = threading.Lock()
+        self._scanning = threading.Lock()
+        self._evicting = threading.RLock()
+        self._names = tuple(threading.Lock() for _ in range(64))  # see `_name_lock`
+
+    def after_fork(self) -> None:
+        """In a forked child: new locks (a thread of the parent may have held one at the
+        fork; it does not exist here), and a rescan before the next write's eviction."""
+        self._new_locks()
+        self._writes = self.RESCAN_WRITES
 
     # --- reading ------------------------------------------------------------------------
 
@@ -198,6 +218,24 @@ class JoblibEngine(PersistentEngine):
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         ttl = self._check_ttl(ttl)
+        try:
+            self._write(key, value, ttl)
+        except FileNotFoundError:
+            if os.path.isdir(self.directory):
+                raise
+            self._recreate()
+            self._write(key, value, ttl)
+
+    def _recreate(self) -> None:
+        """The folder was deleted (to clear the cache, say): make it again, with the checks
+        it was created with, and start the accounting afresh."""
+        private_dir(self.directory)
+        self._record_manifest()  # gone too if the whole root was deleted
+        with self._evicting:
+            self._queue.clear()
+            self._reset(0, 0, self._mark())
+
+    def _write(self, key: Any, value: Any, ttl: float | None) -> None:
         text = self.key_text(key)
         name = files.name_of(text)
         # A plain array is written as `.npy` (no pickle at all); compressed, or anything
@@ -384,7 +422,8 @@ class JoblibEngine(PersistentEngine):
             self._added += added
             self._grown += written
             self._writes += 1
-            stale = self.rescan_due(self._writes, self._count, time.monotonic() - self._scanned_at)
+            self._written += written
+            stale = self._rescan_due()
         over = self._evict_queued() > 0
         due = over or (stale and (self._bound is not None or self.expires))
         # Over the bound, wait for a scan in another thread; merely due, one scan is enough.
@@ -398,6 +437,19 @@ class JoblibEngine(PersistentEngine):
                         break
             finally:
                 self._scanning.release()
+
+    def _rescan_due(self) -> bool:
+        """Whether other processes' writes may have filled the folder unseen: after
+        `rescan_due`'s count of writes, or, for a byte bound, once this process has written
+        `RESCAN_FRACTION` of it since the last scan (so that large entries, which pass the
+        bound in few writes, are rescanned as often as their bytes need)."""
+        since = time.monotonic() - self._scanned_at
+        if self.rescan_due(self._writes, self._count, since):
+            return True
+        bound = self._bound
+        return (
+            self._by_bytes and bound is not None and self._written >= self.RESCAN_FRACTION * bound
+        )
 
     def _name_lock(self, name: str) -> threading.Lock:
         """The lock (one of `_names`, by `name`) taken around replacing or claiming entry
@@ -501,7 +553,7 @@ class JoblibEngine(PersistentEngine):
         with self._evicting:
             self._reset(count, total, mark)
             with self._lock:
-                self._writes = 0
+                self._writes = self._written = 0
                 self._scanned_at = time.monotonic()
             excess = self._excess()
             if not excess:

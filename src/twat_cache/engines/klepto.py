@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import random
+import sqlite3
 import struct
 import threading
 import time
@@ -13,11 +15,13 @@ from typing import Any, ClassVar
 
 from pydantic import ByteSize
 
+from twat_cache._fork import reset_in_child
 from twat_cache.config import CacheConfig
 from twat_cache.engines._evictions import EvictionQueue
-from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore
+from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore, identity
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
-from twat_cache.paths import folder_bytes
+from twat_cache.exceptions import EngineError
+from twat_cache.paths import folder_bytes, private_dir
 from twat_cache.serializers import PayloadError
 
 __all__ = ["KleptoEngine"]
@@ -47,6 +51,11 @@ class KleptoEngine(PersistentEngine):
     #: temporary directory, an entry directory without its file) is removed, on open, when
     #: a bound is enforced, and by `prune`. A live writer's are younger: it writes them.
     TEMP_MAX_AGE: ClassVar[float] = 300.0
+    #: Seconds between two checks by reads that the archive was not deleted (writes,
+    #: clears and counts check every time).
+    FOLDER_CHECK: ClassVar[float] = 1.0
+    #: Seconds `clear` keeps retrying while another process holds the SQL archive.
+    CLEAR_PATIENCE: ClassVar[float] = 10.0
 
     def __init__(self, config: CacheConfig | None = None, *, sweep: bool = True) -> None:
         """`sweep=False` opens without removing anything (expired entries, what killed
@@ -55,9 +64,13 @@ class KleptoEngine(PersistentEngine):
         super().__init__(config)
         self._store: DirStore | SqlStore
         if self.config.use_sql:
-            self._store = SqlStore(self.directory / "klepto.sqlite")
+            self._archive = self.directory / "klepto.sqlite"
+            self._store = SqlStore(self._archive)
         else:
-            self._store = DirStore(self.directory / "klepto")
+            self._archive = self.directory / "klepto"
+            self._store = DirStore(self._archive)
+        self._opened = identity(self._archive)
+        self._checked_at = time.monotonic()
         self._lock = threading.RLock()  # klepto's archives are not thread-safe
         self._touch = self.config.policy == "lru"
         self._bytes = isinstance(self.maxsize, ByteSize)
@@ -66,6 +79,7 @@ class KleptoEngine(PersistentEngine):
         self._entries = 0  # found by the last scan
         self._queue = EvictionQueue(self._bytes)
         self._estimate = 0
+        reset_in_child(self)
         try:  # remove expired entries and what killed writers left; best effort
             if sweep:
                 self._enforce(None)
@@ -73,6 +87,26 @@ class KleptoEngine(PersistentEngine):
             from twat_cache.logging import logger
 
             logger.debug("klepto: the sweep at open failed: {!r}", exc)
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (a thread of the parent may have held it at the
+        fork) and the store's own connections (SQL archive)."""
+        self._lock = threading.RLock()
+        self._store.after_fork()
+
+    def _check_archive(self) -> None:
+        """Check the archive is the one opened (under the lock): when its folder was deleted
+        (to clear the cache, say), make it again, with the checks it was created with."""
+        self._checked_at = time.monotonic()
+        if identity(self._archive) == self._opened:
+            return
+        if not os.path.isdir(self.directory):
+            private_dir(self.directory)
+            self._record_manifest()  # gone too if the whole root was deleted
+        self._store.reopen()
+        self._opened = identity(self._archive)
+        self._queue.clear()
+        self._estimate = 0
 
     @classmethod
     def _name(cls, key: Any) -> tuple[str, bytes]:
@@ -82,6 +116,8 @@ class KleptoEngine(PersistentEngine):
     def get(self, key: Any, default: Any = None) -> Any:
         name, raw = self._name(key)
         with self._lock:
+            if time.monotonic() - self._checked_at > self.FOLDER_CHECK:
+                self._check_archive()  # an SQL archive deleted is still read through its connection
             try:
                 record = self._store.read(name)
                 value = self._decode(record, raw)
@@ -123,6 +159,7 @@ class KleptoEngine(PersistentEngine):
         body = _HEAD.pack(expires or 0.0, len(raw)) + raw + self.serializer.encode(value)
         encoded = base64.b64encode(self.serializer.frame(body)).decode("ascii")
         with self._lock:
+            self._check_archive()
             bound = self.maxsize
             if self._bytes and bound is not None and len(encoded) > bound:
                 self._store.remove(name)  # it could never fit: keep nothing stale either
@@ -213,6 +250,7 @@ class KleptoEngine(PersistentEngine):
     def delete(self, key: Any) -> bool:
         name, _ = self._name(key)
         with self._lock:
+            self._check_archive()
             if not self._store.has(name):
                 return False
             expires = self._store.expiry(name)
@@ -220,12 +258,31 @@ class KleptoEngine(PersistentEngine):
             return not (expires is not None and expires <= time.time())
 
     def clear(self) -> None:
-        with self._lock:
-            self._store.clear()
-            self._estimate = 0
+        """Remove every entry. A database another process holds (SQL archive) is retried
+        for `CLEAR_PATIENCE` seconds; what still fails is an `EngineError`."""
+        deadline = time.monotonic() + self.CLEAR_PATIENCE
+        while True:
+            try:
+                with self._lock:
+                    self._check_archive()
+                    self._store.clear()
+                    self._estimate = 0
+                return
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise EngineError(
+                    f"could not clear the cache in {self.directory}: {exc!r}"
+                ) from exc
+            except (OSError, sqlite3.Error) as exc:
+                raise EngineError(
+                    f"could not clear the cache in {self.directory}: {exc!r}"
+                ) from exc
 
     def __len__(self) -> int:
         with self._lock:
+            self._check_archive()
             return len(self._live(time.time()))
 
     def stats(self) -> dict[str, Any]:
@@ -234,6 +291,7 @@ class KleptoEngine(PersistentEngine):
         directories' mtimes, the SQL archive's are kept in its meta rows (rows written
         before they were give their last access under lru, their store time otherwise)."""
         with self._lock:
+            self._check_archive()
             live, _ = self._scan_live(time.time(), sweep=False)
         times = [entry.stored for entry in live if entry.stored is not None]
         return {
@@ -250,6 +308,7 @@ class KleptoEngine(PersistentEngine):
         rollback journal SQLite ignores), then enforce the bound; opening does the same but
         for the journal unless `sweep=False`. Returns the number removed."""
         with self._lock:
+            self._check_archive()
             removed = self._store.settle() if isinstance(self._store, SqlStore) else 0
             return removed + self._enforce(None)
 

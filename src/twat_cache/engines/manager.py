@@ -6,6 +6,7 @@ import importlib
 import inspect
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from twat_cache._report import warn
@@ -170,7 +171,15 @@ class CacheEngineManager:
         else:
             names = (preferred, *(n for n in self.chain(kind) if n != preferred))
         reasons: dict[str, str] = {}
+        owner = _Owner(self, config)
         for name in names:
+            taken = owner.refuses(name)
+            if taken is not None:
+                if name == preferred:
+                    raise ConfigurationError(taken)
+                reasons[name] = taken
+                logger.debug("engine {} skipped: {}", name, taken)
+                continue
             engine, reason = self._try_build(name, config, is_async=is_async)
             if engine is None:
                 reasons[name] = reason or "unavailable"
@@ -224,6 +233,77 @@ class CacheEngineManager:
     def _unknown(self, name: str) -> str:
         known = ", ".join([*self.registered(), *CHAINS])
         return f"unknown cache engine {name!r}; known engines and aliases: {known}"
+
+
+class _Owner:
+    """Which engine a persistent cache's folder belongs to: the one its manifest names.
+
+    A folder belongs to one engine: another persistent engine never opens it while the
+    owner's entries are there (it would not see them, and `twat-cache clear`, which clears
+    what the manifest names, would not clear its own). Once the folder holds no entry of
+    the owner (cleared, or never written), another engine may take it.
+    """
+
+    def __init__(self, manager: CacheEngineManager, config: CacheConfig) -> None:
+        self._manager = manager
+        self._config = config
+        self._engine: str | None = None
+        self._directory: Path | None = None
+        self._read = False
+
+    def refuses(self, name: str) -> str | None:
+        """Why engine `name` may not serve the folder (another engine owns it), or None."""
+        try:
+            cls = self._manager.load(name)
+        except EngineUnavailableError:
+            return None  # skipped as unavailable, with its own reason
+        folder = self._config.folder_name
+        if not capabilities_of(cls).persistent or folder is None:
+            return None
+        owner = self._owner(folder)
+        if owner is None or owner == name or not self._holds_entries(owner, folder):
+            return None
+        return (
+            f"the cache folder {folder!r} holds entries of the {owner} engine (its manifest "
+            f"says so): {name} does not take it over; clear it first (`twat-cache clear "
+            f"{folder}`) or give this cache another folder_name"
+        )
+
+    def _owner(self, folder: str) -> str | None:
+        if not self._read:
+            from twat_cache.engines.base import PersistentEngine
+            from twat_cache.paths import cache_root, validate_folder_name
+
+            self._read = True
+            directory = self._directory = cache_root() / validate_folder_name(folder)
+            if directory.is_dir():
+                manifest = PersistentEngine.read_manifest(directory)
+                self._engine = None if manifest is None else manifest["engine"]
+        return self._engine
+
+    def _holds_entries(self, owner: str, folder: str) -> bool:
+        """Whether the owner's store in `folder` holds an entry; True when it cannot be
+        opened to tell (the folder is not taken over on a guess)."""
+        from twat_cache.engines.base import RECORD_MANIFESTS, PersistentEngine
+
+        if self._directory is None:
+            return True
+        token = RECORD_MANIFESTS.set(False)  # the folder keeps its manifest
+        try:
+            cls = self._manager.load(owner)
+            manifest = PersistentEngine.read_manifest(self._directory)
+            settings = {} if manifest is None else manifest.get("settings", {})
+            config = CacheConfig(folder_name=folder, **settings)
+            engine = cls(config, sweep=False)
+            try:
+                return len(engine) > 0
+            finally:
+                engine.close()
+        except Exception as exc:
+            logger.debug("the {} store of {} could not be opened: {!r}", owner, folder, exc)
+            return True
+        finally:
+            RECORD_MANIFESTS.reset(token)
 
 
 _MANAGER: CacheEngineManager | None = None
