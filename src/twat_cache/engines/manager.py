@@ -185,17 +185,17 @@ class CacheEngineManager:
                 reasons[name] = reason or "unavailable"
                 logger.debug("engine {} skipped: {}", name, reason)
                 continue
-            if preferred in self._specs and name != preferred:
-                warn(
-                    f"cache engine {preferred!r} is unavailable ({reasons[preferred]}); "
-                    f"using {name!r} instead"
-                )
             chain_kind = preferred if preferred in CHAINS else kind
             if chain_kind in _PERSISTENT_KINDS and not capabilities_of(engine).persistent:
-                warn(
+                warn(  # one warning, naming every engine's reason, the preferred one's too
                     f"no persistent engine can serve this {chain_kind} cache "
                     f"({'; '.join(f'{n}: {r}' for n, r in reasons.items()) or 'none registered'}); "
                     f"using the in-memory {name!r} engine: entries will not survive the process"
+                )
+            elif preferred in self._specs and name != preferred:
+                warn(
+                    f"cache engine {preferred!r} is unavailable ({reasons[preferred]}); "
+                    f"using {name!r} instead"
                 )
             logger.debug("engine {} serves a {} cache ({})", name, chain_kind, config.policy)
             return engine
