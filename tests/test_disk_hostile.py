@@ -132,6 +132,34 @@ def test_deleted_root_is_recreated_private(root: Path, engine: str) -> None:
     assert manifest["engine"] == double.cache_engine.name
 
 
+def test_a_deleted_root_gets_back_the_signing_key_this_process_uses(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key in <root>/.secret went with the root: a new process would make another one
+    # and each would reject the other's entries. The recreated root gets this one back.
+    monkeypatch.delenv("TWAT_CACHE_SECRET", raising=False)
+    double, calls = counted(bcache, folder_name="keyed")
+    double(1)
+    key = (root / ".secret").read_bytes()
+    shutil.rmtree(root)
+    double(2)  # a write: the folder, and the root, are made again
+    assert (root / ".secret").read_bytes() == key
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from twat_cache.serializers import "
+            "get_secret; print(get_secret(Path(sys.argv[1])).hex())",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert bytes.fromhex(fresh.stdout.strip()) == key
+
+
 def test_diskcache_stops_serving_a_deleted_database(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@ verified before anything is deserialized."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -80,17 +81,20 @@ def get_secret(root: Path) -> bytes:
     with _SECRET_LOCK:
         known = _SECRETS.get(cache_key)
         if known is not None:
+            if not path.exists():  # the root was deleted: put this process's key back, so
+                with contextlib.suppress(OSError):  # a new process signs as this one does
+                    _create_secret(path, known)
             return known
         secret = _read_secret(path) if path.exists() else _create_secret(path)
         _SECRETS[cache_key] = secret
         return secret
 
 
-def _create_secret(path: Path) -> bytes:
+def _create_secret(path: Path, secret: bytes | None = None) -> bytes:
     # Written complete under a temporary name, then linked into place: the link fails if
     # another process got there first (then its key is used), and a writer killed midway
     # leaves only a temporary file, never a short `.secret`.
-    secret = secrets.token_bytes(32)
+    secret = secret if secret is not None else secrets.token_bytes(32)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".secret.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -463,6 +463,11 @@ class PersistentEngine(SerializingEngine):
     )
 
     def _record_manifest(self) -> None:
+        if self.config.secure:  # the signing key went too if the root was deleted: put it back
+            from twat_cache.paths import cache_root
+            from twat_cache.serializers import get_secret
+
+            get_secret(cache_root())
         if not RECORD_MANIFESTS.get():
             return
         import json
