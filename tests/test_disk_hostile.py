@@ -138,7 +138,7 @@ def test_a_deleted_root_gets_back_the_signing_key_this_process_uses(
     # The key in <root>/.secret went with the root: a new process would make another one
     # and each would reject the other's entries. The recreated root gets this one back.
     monkeypatch.delenv("TWAT_CACHE_SECRET", raising=False)
-    double, calls = counted(bcache, folder_name="keyed")
+    double, _ = counted(bcache, folder_name="keyed")
     double(1)
     key = (root / ".secret").read_bytes()
     shutil.rmtree(root)
