@@ -10,6 +10,7 @@ from typing import Any
 
 from twat_cache._bypass import bypassed
 from twat_cache._fork import reset_in_child
+from twat_cache._io_threads import in_thread
 from twat_cache._report import FaultReporter
 from twat_cache._results import PLAIN_RESULTS, consumable
 from twat_cache.engines.base import MISS, capabilities_of, put_of
@@ -518,16 +519,6 @@ class CallState:
     def reset(self) -> None:
         self.misses = 0
         self.shared_hits = 0
-
-
-def in_thread(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """`function` as a coroutine function run in a worker thread: blocking disk I/O never
-    stalls the event loop, however large the value."""
-
-    async def call(*args: Any) -> Any:
-        return await asyncio.to_thread(function, *args)
-
-    return call
 
 
 def _as_coroutine(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
