@@ -286,8 +286,10 @@ def open_engine(engine: str, folder: str, url: str | None = None, **options: Any
 
 def redis_key(folder: str, key: str, version: int = 0) -> str:
     """Where the redis engine keeps `key` of the cache named `folder` (its documented
-    layout ``twat_cache:{<name>}:<version>:<key>``)."""
-    return f"twat_cache:{{{folder}}}:{version}:{key}"
+    layout ``twat_cache:{<name>}:<version>:<key>``, the name encoded as the engine does)."""
+    from twat_cache.engines.redis import key_space
+
+    return f"twat_cache:{{{key_space(folder)}}}:{version}:{key}"
 
 
 def root() -> Path:
