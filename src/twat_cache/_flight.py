@@ -18,9 +18,10 @@ from twat_cache.exceptions import UnsupportedEventLoopError
 
 __all__ = ["CallState", "in_thread"]
 
-_INTERRUPTED: Any = object()
+_INTERRUPTED: Any = object()  # an outcome's value when its leader was interrupted
 _FIRST_PAUSE = 0.005  # seconds between reads while another process holds a lease, doubling
-_LAST_PAUSE = 0.1  # an outcome's value when its leader was interrupted
+_LAST_PAUSE = 0.1
+_RECHECK = 0.05  # seconds between a waiting thread's checks that its leader's flight lives
 
 
 class _Outcome:
@@ -123,7 +124,14 @@ class CallState:
         event loops do not exist here, so waiting for them would never end) and renew the
         condition, which the fork may have copied while another thread held it. The dicts
         are emptied in place: the generated wrapper holds them."""
-        self.flights.clear()
+        # Only the thread that forked exists here: a flight it leads (a cached function that
+        # forks) stays its own, to be ended as usual; every other thread's is an orphan.
+        # Async flights all go: asyncio does not run a parent's loop in a child (an async
+        # leader that forked removes its own flight if it is still there).
+        me = threading.get_ident()
+        for key, token in list(self.flights.items()):
+            if token[0] != me:
+                del self.flights[key]
         self.waiting.clear()
         self.aflights.clear()
         self.wakeup = threading.Condition(threading.Lock())
@@ -299,7 +307,15 @@ class CallState:
                 outcome.waiters += 1
                 if self.flights.get(key) is leader:
                     while not outcome.done:
-                        self.wakeup.wait()
+                        # Woken by the hand-over; the timeout covers a leader interrupted
+                        # between unpublishing its flight and handing over (a signal can
+                        # land between any two bytecodes): then its flight is gone.
+                        self.wakeup.wait(_RECHECK)
+                        if not outcome.done and self.flights.get(key) is not leader:
+                            outcome.waiters -= 1
+                            if not outcome.waiters:
+                                self.waiting.pop(key, None)
+                            break
                 else:
                     # The flight ended meanwhile. Other threads may still wait on this
                     # outcome (their leader hands it over); the last to leave removes it.
@@ -485,7 +501,7 @@ class CallState:
                 future.set_result(value)
             return value
         finally:
-            del self.aflights[slot]
+            self.aflights.pop(slot, None)  # gone already in a child the leader forked
 
     # --- refresh ----------------------------------------------------------------------
 

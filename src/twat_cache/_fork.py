@@ -19,14 +19,15 @@ import threading
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["ResetInChild", "generation", "reset_in_child"]
+__all__ = ["ResetInChild", "generation", "renewed", "reset_in_child"]
 
 
 class ResetInChild(Protocol):
     def after_fork(self) -> None: ...
 
 
-_OBJECTS: weakref.WeakSet[Any] = weakref.WeakSet()
+#: By id: registered objects need not be hashable (a mapping with `__eq__` is not).
+_OBJECTS: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 _GUARD = threading.Lock()  # replaced in the child: a fork may copy it held
 _generation = 0
 
@@ -34,7 +35,20 @@ _generation = 0
 def reset_in_child(obj: ResetInChild) -> None:
     """Call `obj.after_fork()` in every child forked after this call, while `obj` lives."""
     with _GUARD:
-        _OBJECTS.add(obj)
+        _OBJECTS[id(obj)] = obj
+
+
+_RLOCK = type(threading.RLock())
+
+
+def renewed(lock: Any) -> tuple[Any, bool]:
+    """For a child's copy of a `threading.Lock` or `RLock`: a new lock of the same kind, and
+    whether the copy was held at the fork (by a thread that does not exist here, so what it
+    guarded may be half-updated)."""
+    held = not lock.acquire(blocking=False)
+    if not held:
+        lock.release()
+    return (threading.RLock() if isinstance(lock, _RLOCK) else threading.Lock()), held
 
 
 def generation() -> int:
@@ -47,7 +61,7 @@ def _in_child() -> None:
     global _GUARD, _generation
     _GUARD = threading.Lock()
     _generation += 1
-    for obj in list(_OBJECTS):
+    for obj in list(_OBJECTS.values()):
         try:
             obj.after_fork()
         except Exception:  # the child must start whatever one cache holds

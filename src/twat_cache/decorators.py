@@ -23,7 +23,13 @@ from twat_cache._types import (
     R,
 )
 from twat_cache._wrap import wrap
-from twat_cache.config import REDIS_URL_ENV, CacheConfig, ConfigOptions, KeywordOptions
+from twat_cache.config import (
+    REDIS_URL_ENV,
+    CacheConfig,
+    ConfigOptions,
+    KeywordOptions,
+    check_url_durations,
+)
 from twat_cache.engines.base import capabilities_of, engine_name
 from twat_cache.engines.manager import CHAINS, get_manager
 from twat_cache.exceptions import ConfigurationError
@@ -116,12 +122,20 @@ def universal_kind(config: CacheConfig, func: Any, is_async: bool) -> str:
 
 
 def check_server(chain: str | None, config: CacheConfig, user: str) -> None:
-    """A cache asking for the server chain must say which server: `url` or the variable."""
-    if chain == "redis" and config.url is None and not os.environ.get(REDIS_URL_ENV):
+    """A cache asking for the server chain must say which server: `url` or the variable;
+    a URL taken from the variable is held to the bounds a `url=` is (`url=` is checked by
+    `CacheConfig`)."""
+    from_env = os.environ.get(REDIS_URL_ENV)
+    if chain == "redis" and config.url is None and not from_env:
         raise ConfigurationError(
             f"{user} asks for a Redis cache but names no server: pass "
             f"url='redis://host:port/db' or set ${REDIS_URL_ENV}"
         )
+    if config.url is None and from_env and "redis" in (chain, config.cache_engine):
+        try:
+            check_url_durations(from_env)
+        except ValueError as exc:
+            raise ConfigurationError(f"${REDIS_URL_ENV}: {exc}") from None
 
 
 def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> Any:

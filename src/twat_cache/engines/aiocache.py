@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiocache  # aiocache ships no type information: its objects are Any here
 import cachetools
 
+from twat_cache._fork import renewed, reset_in_child
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import ALL_POLICIES, MISS, BaseEngine, Capabilities
 from twat_cache.exceptions import ConfigurationError
@@ -54,11 +55,19 @@ class _Store(MutableMapping[Any, Any]):
     behind one lock, so that event loops in several threads can share one engine (an LRU
     read reorders entries, so even reads must not overlap)."""
 
-    __slots__ = ("_cache", "_lock")
+    __slots__ = ("__weakref__", "_cache", "_lock")
 
     def __init__(self, cache: Any) -> None:
         self._cache = cache
         self._lock = threading.Lock()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        # A thread of the parent may have held the lock at the fork (inside a key's __eq__,
+        # say): a new one, and the entries it may have left half-updated are dropped.
+        self._lock, held = renewed(self._lock)
+        if held:
+            self._cache.clear()
 
     def get(self, key: Any, default: Any = None) -> Any:
         # One lookup (cachetools' own get tests `in` first, then looks up again): the hit

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
 
-from twat_cache._fork import reset_in_child
+from twat_cache._fork import renewed, reset_in_child
 from twat_cache.config import DEFAULT_MAXSIZE, CacheConfig, check_duration
 from twat_cache.exceptions import ConfigurationError, SecurityWarning
-
-_RLOCK = type(threading.RLock())
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -213,10 +210,7 @@ class BaseEngine:
         lock = getattr(self, "_lock", None)
         if lock is None or not hasattr(lock, "acquire"):
             return
-        held = not lock.acquire(blocking=False)
-        if not held:
-            lock.release()
-        self._lock = threading.RLock() if isinstance(lock, _RLOCK) else threading.Lock()
+        self._lock, held = renewed(lock)
         if held and not (self.capabilities.persistent or self.capabilities.shared):
             self.clear()
 

@@ -1,0 +1,154 @@
+"""Findings of the hostile review of issue 13's fork and leader changes, each a regression
+test: a cached function that forks, an interrupt between a leader's unpublishing and its
+hand-over, the aiocache memory store's lock at a fork, a server URL from the environment
+past the duration bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from twat_cache import acache, bcache, mcache, ucache
+from twat_cache.config import REDIS_URL_ENV
+from twat_cache.exceptions import ConfigurationError
+
+fork_only = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def _wait_child(pid: int, timeout: float = 10.0) -> int | None:
+    """The child's exit code, or None when it hung past `timeout` (then it is killed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+@fork_only
+@pytest.mark.parametrize("decorator", ["mcache", "acache", "bcache"])
+def test_a_cached_function_that_forks_returns_in_the_child(
+    decorator: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child's after-fork reset dropped the flight its own thread was leading, and the
+    # wrapper's end of flight raised KeyError in the child.
+    monkeypatch.setenv("TWAT_CACHE_DIR", str(tmp_path))
+
+    def spawn(x: int) -> int:
+        return os.fork()
+
+    async def aspawn(x: int) -> int:
+        return os.fork()
+
+    if decorator == "acache":
+        cached = acache(aspawn)
+        call: Any = lambda: asyncio.run(cached(1))  # noqa: E731
+    else:
+        cached = (mcache if decorator == "mcache" else bcache(folder_name="forks"))(spawn)
+        call = lambda: cached(1)  # noqa: E731
+    try:
+        pid = call()
+    except BaseException:  # only a child gets here
+        os._exit(1)
+    if pid == 0:
+        os._exit(0)
+    assert _wait_child(pid) == 0
+
+
+def test_waiters_survive_an_interrupt_between_unpublishing_and_handing_over() -> None:
+    # An interrupt (a Ctrl-C's KeyboardInterrupt) can land between any two bytecodes: here,
+    # right after the leader removed its flight and before it handed its value over. The
+    # waiters then saw no hand-over and waited for ever; now they find the flight gone.
+    calls: list[int] = []
+
+    @mcache
+    def f(x: int) -> int:
+        calls.append(x)
+        time.sleep(0.3)
+        return x * 2
+
+    scope = f.__globals__
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if not frame.f_code.co_filename.startswith("<twat_cache wrapper"):
+            return None
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line" and 1 not in scope["__twat_flights"] and scope["__twat_waiting"]:
+                sys.settrace(None)
+                frame.f_trace = None
+                raise KeyboardInterrupt
+            return local
+
+        return local
+
+    def leader() -> None:
+        sys.settrace(tracer)
+        try:
+            f(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+
+    results: list[int] = []
+    lead = threading.Thread(target=leader)
+    lead.start()
+    time.sleep(0.1)
+    waiters = [threading.Thread(target=lambda: results.append(f(1)), daemon=True) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    lead.join()
+    for waiter in waiters:
+        waiter.join(10)
+    assert not any(waiter.is_alive() for waiter in waiters)
+    assert results == [2, 2, 2]
+    assert calls == [1]  # the leader had stored its value: the waiters read it
+
+
+@fork_only
+def test_the_aiocache_memory_store_lock_held_at_fork_does_not_hang_the_child() -> None:
+    @acache(cache_engine="aiocache")
+    async def double(x: Any) -> Any:
+        return x
+
+    assert asyncio.run(double(1)) == 1
+    store = double.cache_engine._store  # the `_Store` aiocache reads and writes
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._lock:
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            ok = asyncio.run(double(2)) == 2 and asyncio.run(double(2)) == 2
+            os._exit(0 if ok else 1)
+        assert _wait_child(pid) == 0
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_server_url_from_the_environment_is_held_to_the_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given as url= the same URL is refused by CacheConfig; from the variable it was taken,
+    # and every read then failed with OverflowError: the cache never cached.
+    monkeypatch.setenv(REDIS_URL_ENV, "redis://127.0.0.1:1/0?socket_timeout=1e20")
+    with pytest.raises(ConfigurationError, match=rf"\${REDIS_URL_ENV}: url's socket_timeout"):
+        ucache(cache_engine="redis", name="bounded-env")(lambda x: x)
