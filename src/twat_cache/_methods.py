@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -130,15 +132,19 @@ def _self_checker(
         or first.kind not in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD)
     ):
         return _no_check
-    module = getattr(func, "__module__", None)
 
     def check(attribute: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         instance = args[0] if args else kwargs.get("self", MISS)
         if instance is MISS:
             return  # no self at all: the call itself reports the missing argument
+        if _serves(type(instance), method, func):
+            return  # its class has this method (assigned from another class, too)
         for cls in type(instance).__mro__:
-            if getattr(cls, "__qualname__", None) == owner and cls.__module__ == module:
+            # by qualname alone: libraries reset `__module__` to their public package
+            if getattr(cls, "__qualname__", None) == owner:
                 return
+        if _static_in_owner(func, owner, method):
+            return  # a staticmethod whose first parameter happens to be named self
         raise TypeError(
             f"{owner}.{method}.{attribute}() takes the instance first, and got "
             f"{type(instance).__name__} as self: a bound method cannot pass its instance to "
@@ -147,6 +153,27 @@ def _self_checker(
         )
 
     return check
+
+
+def _serves(cls: type, method: str, func: Callable[..., Any]) -> bool:
+    """Whether `cls.<method>` is `func` or a wrapper of it (a few `__wrapped__` deep)."""
+    found = inspect.getattr_static(cls, method, None)
+    for _ in range(8):
+        if found is None:
+            return False
+        found = getattr(found, "__func__", found)  # staticmethod, classmethod
+        if found is func:
+            return True
+        found = getattr(found, "__wrapped__", None)
+    return False
+
+
+def _static_in_owner(func: Callable[..., Any], owner: str, method: str) -> bool:
+    """Whether the class named `owner` in `func`'s module holds `method` as a staticmethod."""
+    scope: Any = sys.modules.get(getattr(func, "__module__", None) or "")
+    for part in owner.split("."):
+        scope = getattr(scope, part, None)
+    return isinstance(inspect.getattr_static(scope, method, None), staticmethod)
 
 
 def publish(wrapper: Any, **attributes: Any) -> None:
