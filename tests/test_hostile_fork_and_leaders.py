@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from twat_cache import acache, bcache, mcache, ucache
+from twat_cache import acache, bcache, disabled, mcache, ucache
 from twat_cache.config import REDIS_URL_ENV
 from twat_cache.exceptions import ConfigurationError
 
@@ -152,3 +152,42 @@ def test_a_server_url_from_the_environment_is_held_to_the_bounds(
     monkeypatch.setenv(REDIS_URL_ENV, "redis://127.0.0.1:1/0?socket_timeout=1e20")
     with pytest.raises(ConfigurationError, match=rf"\${REDIS_URL_ENV}: url's socket_timeout"):
         ucache(cache_engine="redis", name="bounded-env")(lambda x: x)
+
+
+@fork_only
+def test_a_child_forked_during_another_threads_disabled_block_reads_directly() -> None:
+    # The parent's block belongs to a thread that does not exist in the child: it stopped
+    # counting there, so the child's hits go back to the direct reader (they stayed on the
+    # checked one for the child's whole life). A block of the forking thread still counts.
+    @mcache
+    def h(x: int) -> int:
+        return x
+
+    h(1)
+    scope = h.__globals__
+    inside, leave = threading.Event(), threading.Event()
+
+    def block() -> None:
+        with disabled():
+            inside.set()
+            leave.wait(30)
+
+    other = threading.Thread(target=block)
+    other.start()
+    assert inside.wait(5)
+    try:
+        assert scope["__twat_get"] is not scope["__twat_direct_get"]  # checked while open
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            direct = scope["__twat_get"] is scope["__twat_direct_get"]
+            with disabled():
+                checked = scope["__twat_get"] is not scope["__twat_direct_get"]
+                hits = h.cache_info().hits
+                uncached = h(1) == 1 and h.cache_info().hits == hits
+            again = scope["__twat_get"] is scope["__twat_direct_get"]
+            os._exit(0 if direct and checked and uncached and again else 1)
+        assert _wait_child(pid) == 0
+    finally:
+        leave.set()
+        other.join()
+    assert scope["__twat_get"] is scope["__twat_direct_get"]  # the parent's block ended

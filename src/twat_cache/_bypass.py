@@ -31,12 +31,18 @@ class _Block:
     """One `disabled()` block: the context variable's value inside it. Contexts copied in
     the block (tasks) hold it too; when the last reference goes, the block is over."""
 
-    __slots__ = ()
+    __slots__ = ("__weakref__", "counted", "owner")
+
+    def __init__(self) -> None:
+        self.owner = threading.get_ident()  # the thread that opened the block
+        self.counted = True  # in `_alive`: a forked child stops counting other threads'
+        _blocks.add(self)
 
     def __del__(self) -> None:
         try:
-            _ended.append(None)  # deque.append takes no lock: safe in a finalizer
-            _settle()
+            if self.counted:
+                _ended.append(None)  # deque.append takes no lock: safe in a finalizer
+                _settle()
         except Exception:  # at interpreter exit the module may be half torn down
             return
 
@@ -50,6 +56,7 @@ _lock = threading.Lock()
 _alive = 0  # blocks alive in any thread or task
 _ended: deque[None] = deque()  # blocks gone, not yet subtracted from _alive
 _wrappers: weakref.WeakSet[Any] = weakref.WeakSet()
+_blocks: weakref.WeakSet[_Block] = weakref.WeakSet()  # blocks alive
 
 
 def _guard_get(get: Callable[..., Any]) -> Callable[..., Any]:
@@ -102,9 +109,22 @@ class _ForkReset:
     __slots__ = ("__weakref__",)
 
     def after_fork(self) -> None:
-        global _lock
+        global _lock, _alive
         _lock = threading.Lock()  # the fork may have copied it held
-        _settle()
+        _ended.clear()
+        # Only the thread that forked exists here: the blocks other threads had open are
+        # held by contexts that will never end, so they stop counting; when none of this
+        # thread's is alive, the wrappers read directly again.
+        me = threading.get_ident()
+        _alive = 0
+        for block in list(_blocks):
+            if block.owner == me and block.counted:
+                _alive += 1
+            else:
+                block.counted = False
+        if _alive == 0:
+            for wrapper in list(_wrappers):
+                _swap(wrapper, False)
 
 
 _FORK_RESET = _ForkReset()
