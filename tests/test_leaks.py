@@ -1,9 +1,9 @@
 """Classes made at run time are not kept alive by the cache (issue 13, item 7).
 
-A method's instance is keyed by identity when its class compares by identity; the classes
-met that way were kept in a set for ever, with everything they refer to (500 classes of
-100 KB: 50 MB kept after `cache_clear()` and a collection). The set is now a memo emptied
-as every full collection starts, so a class nothing else holds goes in that collection.
+A method's instance is keyed by identity when its class hashes by identity; the classes met
+that way were kept in a set for ever, with everything they refer to (500 classes of 100 KB:
+50 MB kept after `cache_clear()` and a collection). Nothing is remembered of them now: the
+wrapper tests the class's `__hash__` at each call.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from twat_cache import bcache, mcache, ucache
-from twat_cache.keys import IDENTITY_CLASSES
+from twat_cache._io_threads import WORKERS
 
 
 class Base:
@@ -62,16 +62,23 @@ def test_classes_with_their_own_cached_method_are_freed(
     assert _collected(refs) == 20
 
 
-def test_identity_classes_are_a_memo_emptied_by_a_full_collection() -> None:
-    cls = type("Kept", (Base,), {})
-    obj = cls()
-    assert obj.plus(1) == 2
-    assert cls in IDENTITY_CLASSES
-    gc.collect()
-    assert cls not in IDENTITY_CLASSES  # a memo: emptied by a full collection
-    assert obj.plus(1) == 2  # a hit, and remembered again
-    assert cls in IDENTITY_CLASSES
-    assert Base.plus.cache_info().hits >= 1
+def test_equality_and_hash_assigned_after_the_first_call_are_followed() -> None:
+    # Nothing is remembered of a class: __eq__/__hash__ assigned to it later (mocking, a
+    # decorator applied after the fact) make its instances keyed through `Ident`, never
+    # by an equality under which two instances share an entry.
+    class Box:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+        @mcache
+        def read(self) -> int:
+            return self.value
+
+    assert Box(1).read() == 1
+    Box.__eq__ = lambda self, other: True  # type: ignore[method-assign,assignment]
+    Box.__hash__ = lambda self: 1  # type: ignore[method-assign,assignment]
+    assert Box(2).read() == 2
+    assert Box(3).read() == 3
 
 
 def test_a_class_reusing_a_dead_identity_class_address_is_keyed_by_its_own_equality() -> None:
@@ -137,7 +144,9 @@ def test_event_loops_made_and_closed_open_no_descriptors_on_a_disk_cache(
         assert asyncio.run(triple(i % 10)) == 3 * (i % 10)
     gc.collect()
     before = _descriptors()
-    for i in range(400):
+    for i in range(900):
         assert asyncio.run(triple(i % 10)) == 3 * (i % 10)
     gc.collect()
-    assert _descriptors() - before <= 1
+    # At most one connection for each of twat-cache's worker threads that started late
+    # (they start as the load needs them): about 20 more with a fresh executor per loop.
+    assert _descriptors() - before <= WORKERS

@@ -34,7 +34,6 @@ from twat_cache.exceptions import ConfigurationError
 from twat_cache.identity import describe, key_builder
 from twat_cache.keys import (
     FAST_TYPES,
-    IDENTITY_CLASSES,
     make_normalizer,
     self_key,
 )
@@ -165,7 +164,7 @@ class _Plan:
 def _part(name: str, *, is_self: bool) -> str:
     if is_self:
         # Instances are keyed by identity: two instances never share an entry.
-        return f"({name} if __twat_type({name}) in __twat_idclasses else __twat_self({name}))"
+        return f"({name} if __twat_type({name}).__hash__ is __twat_ohash else __twat_self({name}))"
     return f"({name} if __twat_type({name}) in __twat_FAST else __twat_n({name}))"
 
 
@@ -341,7 +340,7 @@ def wrap(
         __twat_state=state,
         __twat_FAST=fast,
         __twat_n=norm,
-        __twat_idclasses=IDENTITY_CLASSES,
+        __twat_ohash=object.__hash__,
         __twat_self=self_key,
         __twat_kwkey=kwkey,
         __twat_kwfilter=kwfilter,

@@ -9,7 +9,6 @@ built here; the stable encoding of persistent and shared keys lives in `_stable`
 from __future__ import annotations
 
 import functools
-import gc
 import pickle
 from collections import ChainMap, Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping
@@ -24,7 +23,6 @@ from twat_cache.exceptions import KeyBuildError
 
 __all__ = [
     "FAST_TYPES",
-    "IDENTITY_CLASSES",
     "KEY_VERSION",
     "Ident",
     "make_normalizer",
@@ -78,32 +76,17 @@ class Ident:
         return f"Ident({type(self.obj).__name__} at {self._hash:#x})"
 
 
-_object_eq = object.__eq__
 _object_hash = object.__hash__
-#: Classes whose instances hash and compare by identity; filled as they are met, so the
-#: hit path pays one set lookup. A memo, emptied as each full garbage collection starts:
-#: a class made at run time (and all it refers to) is then free to go in that collection,
-#: while a live class is added again at its next call (one slow key, no wrong one).
-IDENTITY_CLASSES: set[type] = set()
-
-
-def _forget_classes(
-    phase: str, info: dict[str, int], classes: set[type] = IDENTITY_CLASSES
-) -> None:
-    if phase == "start" and info["generation"] == 2:
-        classes.clear()
-
-
-gc.callbacks.append(_forget_classes)
 
 
 def self_key(obj: object) -> object:
-    """The key part for a method's instance: the instance itself when its class hashes and
-    compares by identity (the common case, and the fastest), else an `Ident`, so that two
-    instances that compare equal never share an entry and unhashable ones still work."""
-    cls = type(obj)
-    if cls.__eq__ is _object_eq and cls.__hash__ is _object_hash:
-        IDENTITY_CLASSES.add(cls)
+    """The key part for a method's instance: the instance itself when its class hashes by
+    identity (the common case, and the fastest: distinct live instances never hash alike,
+    so they never share an entry, whatever their `__eq__`, even one assigned later), else
+    an `Ident`, so that instances hashing alike never share an entry and unhashable ones
+    still work. The wrapper inlines the same test (`_wrap._part`); nothing is remembered
+    of the classes met, so a class made at run time is free to go."""
+    if type(obj).__hash__ is _object_hash:
         return obj
     return Ident(obj)
 
