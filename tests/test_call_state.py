@@ -392,9 +392,12 @@ def test_a_key_fault_of_a_deeply_nested_argument_warns_briefly(argument: str) ->
     with pytest.warns(CacheFaultWarning) as caught:
         assert measure(value) == 1
     message = str(caught[0].message).replace(measure.cache_name, "")  # type: ignore[attr-defined]
-    assert len(message) < 330, message
+    assert len(message) < 560, message  # 777 and 1,310 characters before
     assert "failed to build a key" in message
     assert "\u2026" in message  # the path was shortened, and says so
+    if argument != "too deep":  # what to diagnose survives: the type and the advice
+        assert "_Unpicklable" in message
+        assert "key= or ignore=" in message
 
     @bcache(fallback=False)
     def strict(x: Any) -> int:
@@ -402,7 +405,7 @@ def test_a_key_fault_of_a_deeply_nested_argument_warns_briefly(argument: str) ->
 
     with pytest.raises(KeyBuildError) as raised:
         strict(value)
-    assert len(str(raised.value)) < 300, str(raised.value)
+    assert len(str(raised.value)) < 400, str(raised.value)
 
 
 # --- 10c. a task started inside disabled() that outlives the block ---------------------------

@@ -15,7 +15,7 @@ __all__ = ["WRAPPER_FILENAME_PREFIX", "FaultReporter", "shorten", "warn"]
 
 #: The longest text of one fault a warning quotes: a key fault of a deeply nested argument
 #: names its path (`x[0][0]...`), which may be any length.
-MAX_DETAIL = 200
+MAX_DETAIL = 400
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 #: Generated wrappers are compiled under this pseudo file name (see `_wrap.py`).

@@ -252,8 +252,9 @@ def _reduction(value: Any, where: str) -> Any:
         return value.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise KeyBuildError(
-            f"argument {_path(where)} ({type(value).__name__}) cannot be pickled, so it has no key "
-            f"stable across processes: pass key= or ignore= for it ({exc})"
+            f"argument {_path(where)} ({shorten(type(value).__name__, 60)}) cannot be pickled, "
+            f"so it has no key stable across processes: pass key= or ignore= for it "
+            f"({shorten(str(exc), 120)})"
         ) from exc
 
 
