@@ -14,12 +14,15 @@ cache is used again, by that cache's own fault handling.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+import time
 import weakref
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["ResetInChild", "generation", "renewed", "reset_in_child"]
+__all__ = ["ResetInChild", "gated", "generation", "renewed", "reset_in_child"]
 
 
 class ResetInChild(Protocol):
@@ -57,10 +60,63 @@ def generation() -> int:
     return _generation
 
 
+# --- the gate: no fork while a thread is inside SQLite ------------------------------------
+#
+# SQLite releases the GIL and takes its own mutexes (its allocator's among them). A fork
+# while another thread holds one copies it held into the child, whose first SQLite call then
+# blocks for ever; no reset after the fork can undo that. So engine methods that call into
+# SQLite are `gated`: a fork waits (at most `GATE_PATIENCE`) until no other thread is inside
+# one, and threads arriving meanwhile wait for the fork to be done. Entering costs two list
+# operations (atomic under the GIL) and a flag test.
+
+F = TypeVar("F", bound=Callable[..., Any])
+#: Seconds a fork waits for threads inside gated code; then it goes ahead (as it would
+#: without the gate) rather than wait for ever for a thread stuck on a lock.
+GATE_PATIENCE = 5.0
+_inside: list[int] = []  # the idents of threads inside gated code, once per level
+_forking = False
+
+
+def gated(method: F) -> F:
+    """`method`, which a fork never cuts in half (see above)."""
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        me = threading.get_ident()
+        _inside.append(me)
+        while _forking and me not in _inside[:-1]:  # a fork is waiting: let it go first
+            _inside.remove(me)
+            time.sleep(0.0005)
+            _inside.append(me)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _inside.remove(me)
+
+    return run  # type: ignore[return-value]
+
+
+def _before_fork() -> None:
+    global _forking
+    _forking = True
+    me = threading.get_ident()
+    deadline = time.monotonic() + GATE_PATIENCE
+    while any(ident != me for ident in list(_inside)) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
+def _after_in_parent() -> None:
+    global _forking
+    _forking = False
+
+
 def _in_child() -> None:
-    global _GUARD, _generation
+    global _GUARD, _generation, _forking
     _GUARD = threading.Lock()
     _generation += 1
+    _forking = False
+    me = threading.get_ident()
+    _inside[:] = [ident for ident in _inside if ident == me]
     for obj in list(_OBJECTS.values()):
         try:
             obj.after_fork()
@@ -69,4 +125,6 @@ def _in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
-    os.register_at_fork(after_in_child=_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_in_parent, after_in_child=_in_child
+    )

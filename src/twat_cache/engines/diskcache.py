@@ -14,7 +14,7 @@ from diskcache import EVICTION_POLICY
 from diskcache.core import DBNAME, MODE_RAW
 from pydantic import ByteSize
 
-from twat_cache._fork import reset_in_child
+from twat_cache._fork import gated, reset_in_child
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
 from twat_cache.engines._diskcache_disk import PayloadDisk, Vanished
@@ -200,6 +200,7 @@ class DiskCacheEngine(PersistentEngine):
 
     # --- opening ------------------------------------------------------------------------
 
+    @gated
     def _open(self, settings: dict[str, Any], timeout: float) -> diskcache.Cache:
         """The store of this folder's database, once it is probed (a malformed one moved
         aside): the store another engine of this process opened on it with the same
@@ -242,6 +243,7 @@ class DiskCacheEngine(PersistentEngine):
 
     # --- the store ----------------------------------------------------------------------
 
+    @gated
     def get(self, key: Any, default: Any = None) -> Any:
         key = self.key_text(key)
         if time.monotonic() - self._checked_at > self.FOLDER_CHECK:
@@ -310,6 +312,7 @@ class DiskCacheEngine(PersistentEngine):
         self.rejected(key, PayloadError("the database row holds no twat-cache payload"))
         return MISS
 
+    @gated
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         self._patiently(self._store, key, value, self._check_ttl(ttl))
 
@@ -323,6 +326,7 @@ class DiskCacheEngine(PersistentEngine):
                 if time.monotonic() >= deadline:
                     raise
 
+    @gated
     def put(self, key: Any, value: Any) -> None:
         self._store(key, value, self._ttl)
 
@@ -376,10 +380,12 @@ class DiskCacheEngine(PersistentEngine):
     def _query(self, statement: str, parameters: tuple[Any, ...]) -> list[Any]:
         return self._connection().execute(statement, parameters).fetchall()
 
+    @gated
     def delete(self, key: Any) -> bool:
         key = self.key_text(key)
         return bool(self._patiently(lambda: self._live().delete(key)))
 
+    @gated
     def clear(self) -> None:
         """Remove every entry, in one transaction (all or nothing: diskcache's own clear
         commits in batches, and stops half-way on a lock), retried for `WRITE_PATIENCE`
@@ -401,6 +407,7 @@ class DiskCacheEngine(PersistentEngine):
             self._query("DELETE FROM Cache", ())
         return [filename for (filename,) in rows]
 
+    @gated
     def __len__(self) -> int:
         count = len(self._live())  # diskcache's count includes expired entries
         if self.expires and count:
@@ -413,6 +420,7 @@ class DiskCacheEngine(PersistentEngine):
 
     # --- tools (`twat-cache stats`, `prune`) -------------------------------------------
 
+    @gated
     def stats(self) -> dict[str, Any]:
         """Live entries (expired ones not counted) and the store times of the oldest and
         newest of them, from one query on diskcache's Cache table (its `store_time`
@@ -422,6 +430,7 @@ class DiskCacheEngine(PersistentEngine):
         size = folder_bytes(self.directory)
         return {"entries": count, "bytes": size, "oldest": oldest, "newest": newest}
 
+    @gated
     def prune(self) -> int:
         """Drop expired entries (diskcache's `expire`), enforce the bound (diskcache's `cull`
         for bytes, the policy's order for an entry count), and remove the value files no
@@ -435,6 +444,7 @@ class DiskCacheEngine(PersistentEngine):
             removed += self._cull(None, self._count_limit)
         return removed + remove_orphans(self.directory, self._query, self.COMMIT_GRACE)
 
+    @gated
     def close(self) -> None:
         """Close this thread's database connection (diskcache opens one per thread; the
         others close with their threads). Idempotent; a later call reopens lazily."""

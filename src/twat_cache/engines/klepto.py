@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import ByteSize
 
-from twat_cache._fork import reset_in_child
+from twat_cache._fork import gated, reset_in_child
 from twat_cache.config import CacheConfig
 from twat_cache.engines._evictions import EvictionQueue
 from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore, identity
@@ -113,6 +113,7 @@ class KleptoEngine(PersistentEngine):
         raw = cls.key_text(key).encode("utf-8", "surrogatepass")
         return hashlib.blake2b(raw, digest_size=20).hexdigest(), raw
 
+    @gated
     def get(self, key: Any, default: Any = None) -> Any:
         name, raw = self._name(key)
         with self._lock:
@@ -152,6 +153,7 @@ class KleptoEngine(PersistentEngine):
             return _EXPIRED
         return self.serializer.decode(body[start:])
 
+    @gated
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         ttl = self._check_ttl(ttl)
         name, raw = self._name(key)
@@ -247,6 +249,7 @@ class KleptoEngine(PersistentEngine):
             return sorted(entries, key=lambda e: (e.expires or float("inf"), e.time, e.name))
         return sorted(entries, key=lambda e: (e.time, e.name))
 
+    @gated
     def delete(self, key: Any) -> bool:
         name, _ = self._name(key)
         with self._lock:
@@ -257,6 +260,7 @@ class KleptoEngine(PersistentEngine):
             self._store.remove(name)
             return not (expires is not None and expires <= time.time())
 
+    @gated
     def clear(self) -> None:
         """Remove every entry. A database another process holds (SQL archive) is retried
         for `CLEAR_PATIENCE` seconds; what still fails is an `EngineError`."""
@@ -280,11 +284,13 @@ class KleptoEngine(PersistentEngine):
                     f"could not clear the cache in {self.directory}: {exc!r}"
                 ) from exc
 
+    @gated
     def __len__(self) -> int:
         with self._lock:
             self._check_archive()
             return len(self._live(time.time()))
 
+    @gated
     def stats(self) -> dict[str, Any]:
         """Live entries, bytes of every file in the folder, and the store times of the
         oldest and newest entry; reads only. Store times: the dir archive's are its entry
@@ -301,6 +307,7 @@ class KleptoEngine(PersistentEngine):
             "newest": max(times, default=None),
         }
 
+    @gated
     def prune(self) -> int:
         """Remove expired entries and what killed writers left (dir archive: klepto's
         temporary directories and entry directories without their file, untouched for
@@ -312,6 +319,7 @@ class KleptoEngine(PersistentEngine):
             removed = self._store.settle() if isinstance(self._store, SqlStore) else 0
             return removed + self._enforce(None)
 
+    @gated
     def close(self) -> None:
         with self._lock:
             self._store.close()
