@@ -236,3 +236,43 @@ def test_children_forked_while_threads_use_a_sqlite_cache_never_hang(
         for thread in threads:
             thread.join()
     assert codes == [0] * 30, f"None is a child that hung: {codes}"
+
+
+class _SlowKey:
+    """A key whose __eq__ lets other threads run while cachebox compares it under its lock."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        time.sleep(0.5)
+        return isinstance(other, _SlowKey) and self.value == other.value
+
+
+@fork_only
+def test_a_child_forked_while_cachebox_compares_a_key_uses_a_new_store() -> None:
+    # cachebox holds its own (Rust) lock while it calls a key's __eq__: a fork then copied
+    # it held, and the child's first call blocked for ever. The child replaces a store that
+    # does not answer, and its wrappers use the new one.
+    runs: list[Any] = []
+
+    @mcache
+    def f(key: Any) -> int:
+        runs.append(key)
+        return getattr(key, "value", key) * 2
+
+    assert f.cache_engine.name == "cachebox"
+    f(_SlowKey(1))  # one entry hashing to 1: the next such lookup calls __eq__
+    inside = threading.Thread(target=f, args=(_SlowKey(2),))
+    inside.start()
+    time.sleep(0.2)  # the thread is now inside cachebox, in _SlowKey.__eq__
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        before = len(runs)
+        ok = f(5) == 10 and f(5) == 10 and len(runs) == before + 1  # computed once, then a hit
+        os._exit(0 if ok else 1)
+    inside.join()
+    assert _wait_child(pid) == 0

@@ -24,7 +24,7 @@ from typing import Any
 
 from twat_cache._fork import reset_in_child
 
-__all__ = ["bypassed", "disabled", "track"]
+__all__ = ["bypassed", "disabled", "rebind", "track"]
 
 
 class _Block:
@@ -141,6 +141,19 @@ def track(wrapper: Any) -> None:
         if _alive:
             _swap(wrapper, True)
     _settle()
+
+
+def rebind(engine: Any) -> None:
+    """`engine` replaced its store (a forked child whose store was left locked): every
+    wrapper on it, and its call state, take the new store's methods."""
+    with _lock:
+        for wrapper in list(_wrappers):
+            scope = wrapper.__globals__
+            if scope["__twat_state"].engine is not engine:
+                continue
+            scope["__twat_direct_get"], scope["__twat_direct_put"] = scope["__twat_readers"]()
+            _swap(wrapper, _alive > 0)
+            scope["__twat_state"].rebind()
 
 
 @contextmanager

@@ -93,7 +93,6 @@ class CallState:
         self.func = func
         self.lease = lease  # seconds of the engine's cross-process lease; None: no leases
         self.engine = engine
-        self.put = put_of(engine)
         self.lock = lock
         self.fallback = fallback
         self.misses = 0
@@ -103,6 +102,14 @@ class CallState:
         self.wakeup = threading.Condition(threading.Lock())  # waiters of any key of this cache
         self.aflights: dict[Any, _AFlight] = {}
         self.reporter = FaultReporter(name)
+        self.rebind()
+        reset_in_child(self)
+
+    def rebind(self) -> None:
+        """Take the engine's store methods (again: an engine may replace its store, see
+        `_bypass.rebind`)."""
+        engine = self.engine
+        self.put = put_of(engine)
         capabilities = capabilities_of(engine)
         if capabilities.async_native:
             self._aget = engine.aget
@@ -113,11 +120,10 @@ class CallState:
         else:
             self._aget = _as_coroutine(engine.get)
             self._aset = _as_coroutine(put_of(engine))
-        if lease is not None:
+        if self.lease is not None:
             native = capabilities.async_native
             self._alease = engine.alease if native else in_thread(engine.lease)
             self._arelease = engine.arelease if native else in_thread(engine.release)
-        reset_in_child(self)
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's flights and waiters (their threads and

@@ -333,6 +333,7 @@ def wrap(
         __twat_func=func,
         __twat_get=_reader(engine, capabilities, is_async),
         __twat_put=put_of(engine),
+        __twat_readers=lambda: (_reader(engine, capabilities, is_async), put_of(engine)),
         __twat_ident=get_ident,
         __twat_flights=state.flights,
         __twat_waiting=state.waiting,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import cachebox
@@ -23,6 +24,10 @@ _CLASSES: dict[str, Any] = {
 }
 
 
+#: Seconds a forked child waits for its copy of a store to answer before replacing it.
+PROBE_WAIT = 0.2
+
+
 class CacheboxEngine(BaseEngine):
     """Memory engine on cachebox's thread-safe Rust caches: the fastest hit of the chain."""
 
@@ -31,6 +36,10 @@ class CacheboxEngine(BaseEngine):
 
     def __init__(self, config: CacheConfig | None = None) -> None:
         super().__init__(config)
+        self._ttl = self.config.ttl
+        self._build()
+
+    def _build(self) -> None:
         bound = self.maxsize
         policy = self.config.policy
         self._store: Any  # cachebox's classes share no usable base type
@@ -39,7 +48,6 @@ class CacheboxEngine(BaseEngine):
             self._store = cachebox.Cache(0)
         else:
             self._store = _CLASSES[policy](bound or 0)
-        self._ttl = self.config.ttl
         # The wrapper calls the store's own Rust methods: no Python frame in between.
         self.get = self._store.get  # type: ignore[method-assign]  # faster bound builtin
         if policy == "ttl":
@@ -48,6 +56,24 @@ class CacheboxEngine(BaseEngine):
         else:
             self.set = self._set  # type: ignore[method-assign]  # chosen once
             self.put = self._store.insert  # type: ignore[method-assign]  # faster builtin
+
+    def after_fork(self) -> None:
+        """In a forked child: cachebox keeps its own lock while it calls a key's Python
+        `__eq__`; a fork at that moment copies it held, and the store would block the child
+        for ever. It is tried from a helper thread (waiting on it releases the GIL); a store
+        that does not answer is replaced by an empty one, which the wrappers then use."""
+        answered: list[int] = []
+        probe = threading.Thread(
+            target=lambda: answered.append(len(self._store)), daemon=True, name="twat-probe"
+        )
+        probe.start()
+        probe.join(PROBE_WAIT)
+        if answered:
+            return
+        self._build()
+        from twat_cache._bypass import rebind
+
+        rebind(self)
 
     def _set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         if ttl is not None:
