@@ -374,3 +374,12 @@ def test_boundary_value_on_a_server_engine(
     case: tuple[str, str, str], remote_results: dict[tuple[str, str, str], Any]
 ) -> None:
     check_case(case, remote_results[case])
+
+
+def test_a_number_whose_float_conversion_fails_is_refused_naming_the_option() -> None:
+    class Stubborn(float):
+        def __float__(self) -> float:
+            raise RuntimeError("no")
+
+    with pytest.raises(ValidationError, match="ttl must be a number of seconds"):
+        CacheConfig(ttl=Stubborn(3))

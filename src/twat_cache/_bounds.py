@@ -68,6 +68,11 @@ def _seconds(value: object, what: str) -> float:
             return float(value)
         except OverflowError:  # an int beyond float's range: a finite duration past any bound
             return 2 * DURATION_HORIZON if cast("float", value) > 0 else -1.0
+        except Exception as exc:  # a number type whose __float__ fails
+            raise ValueError(
+                f"{what} must be a number of seconds, and {type(value).__name__} "
+                f"{_shown(value)} cannot be read as one ({type(exc).__name__})"
+            ) from None
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         try:
