@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -107,3 +110,37 @@ def stampede_on_one_key(
         return list(await asyncio.wait_for(asyncio.gather(*(call() for _ in range(tasks))), 30))
 
     return executions, asyncio.run(main())
+
+
+def wait_child(pid: int, timeout: float = 30.0) -> int | None:
+    """A forked child's exit code, or None when it hung past `timeout` (it is then killed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+@contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """`lock` held by another thread for the length of the block (a fork inside the block
+    copies it held)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()

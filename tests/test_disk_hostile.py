@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from _support import wait_child
 from twat_cache import CacheConfig, bcache, fcache
 from twat_cache.engines.diskcache import DiskCacheEngine
 from twat_cache.engines.joblib import JoblibEngine
@@ -357,18 +358,6 @@ def test_root_link_in_a_directory_others_can_write(
 
 
 # --- fork ------------------------------------------------------------------------------------
-
-
-def wait_child(pid: int, timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung")
 
 
 @pytest.mark.timeout(60)

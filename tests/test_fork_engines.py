@@ -6,12 +6,11 @@ warms its caches, then forks its workers)."""
 from __future__ import annotations
 
 import os
-import threading
-import time
 from typing import Any
 
 import pytest
 
+from _support import held_by_another_thread, wait_child
 from twat_cache import mcache
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -21,7 +20,7 @@ LOCKED = ["functools", "cachetools"]  # the engines that lock (cachebox locks in
 
 def _child_status(run_in_child: Any, timeout: float = 10.0) -> int | None:
     """Fork; the child runs `run_in_child()` and exits with its int result. The exit code,
-    or None when the child hung past `timeout` (it is then killed)."""
+    or None when the child hung past `timeout`."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 99
@@ -29,15 +28,7 @@ def _child_status(run_in_child: Any, timeout: float = 10.0) -> int | None:
             code = int(run_in_child())
         finally:
             os._exit(code)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    return None
+    return wait_child(pid, timeout)
 
 
 @pytest.mark.parametrize("engine", LOCKED)
@@ -50,18 +41,7 @@ def test_a_lock_held_by_another_thread_at_fork_does_not_hang_the_child(engine: s
         return x * 2
 
     assert f(1) == 2
-    lock = f.cache_engine._lock
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            taken.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert taken.wait(5)
-    try:
+    with held_by_another_thread(f.cache_engine._lock):
 
         def in_child() -> int:
             before = len(runs)
@@ -70,9 +50,6 @@ def test_a_lock_held_by_another_thread_at_fork_does_not_hang_the_child(engine: s
             return 0 if ok and runs[before:] == [3, 1] else 1
 
         assert _child_status(in_child) == 0
-    finally:
-        release.set()
-        holder.join()
 
 
 @pytest.mark.parametrize("engine", [*LOCKED, "cachebox"])

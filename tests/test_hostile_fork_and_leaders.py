@@ -14,24 +14,12 @@ from typing import Any
 
 import pytest
 
+from _support import held_by_another_thread, wait_child
 from twat_cache import acache, bcache, disabled, mcache, ucache
 from twat_cache.config import REDIS_URL_ENV
 from twat_cache.exceptions import ConfigurationError
 
 fork_only = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-def _wait_child(pid: int, timeout: float = 10.0) -> int | None:
-    """The child's exit code, or None when it hung past `timeout` (then it is killed)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    return None
 
 
 @fork_only
@@ -61,7 +49,7 @@ def test_a_cached_function_that_forks_returns_in_the_child(
         os._exit(1)
     if pid == 0:
         os._exit(0)
-    assert _wait_child(pid) == 0
+    assert wait_child(pid) == 0
 
 
 def test_waiters_survive_an_interrupt_between_unpublishing_and_handing_over() -> None:
@@ -123,25 +111,12 @@ def test_the_aiocache_memory_store_lock_held_at_fork_does_not_hang_the_child() -
 
     assert asyncio.run(double(1)) == 1
     store = double.cache_engine._store  # the `_Store` aiocache reads and writes
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with store._lock:
-            taken.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert taken.wait(5)
-    try:
+    with held_by_another_thread(store._lock):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             ok = asyncio.run(double(2)) == 2 and asyncio.run(double(2)) == 2
             os._exit(0 if ok else 1)
-        assert _wait_child(pid) == 0
-    finally:
-        release.set()
-        holder.join()
+        assert wait_child(pid, 10) == 0
 
 
 def test_a_server_url_from_the_environment_is_held_to_the_bounds(
@@ -186,7 +161,7 @@ def test_a_child_forked_during_another_threads_disabled_block_reads_directly() -
                 uncached = h(1) == 1 and h.cache_info().hits == hits
             again = scope["__twat_get"] is scope["__twat_direct_get"]
             os._exit(0 if direct and checked and uncached and again else 1)
-        assert _wait_child(pid) == 0
+        assert wait_child(pid) == 0
     finally:
         leave.set()
         other.join()
@@ -228,7 +203,7 @@ def test_children_forked_while_threads_use_a_sqlite_cache_never_hang(
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child
                 os._exit(0 if triple(10**6 + round_) == 3 * (10**6 + round_) else 3)
-            codes.append(_wait_child(pid))
+            codes.append(wait_child(pid))
             if codes[-1] != 0:
                 break
     finally:
@@ -275,4 +250,4 @@ def test_a_child_forked_while_cachebox_compares_a_key_uses_a_new_store() -> None
         ok = f(5) == 10 and f(5) == 10 and len(runs) == before + 1  # computed once, then a hit
         os._exit(0 if ok else 1)
     inside.join()
-    assert _wait_child(pid) == 0
+    assert wait_child(pid) == 0
