@@ -30,6 +30,7 @@ from twat_cache.engines import _redis_clients as clients  # noqa: E402
 from twat_cache.engines.redis import RedisEngine, key_space  # noqa: E402
 from twat_cache.exceptions import (  # noqa: E402
     CacheFaultWarning,
+    CredentialsError,
     SecurityWarning,
     ServerUnavailableError,
 )
@@ -583,3 +584,56 @@ def test_a_forked_child_opens_its_own_aiocache_connections(redis_url: str) -> No
     finally:
         engine.close()
         loop.close()
+
+
+# --- ACL users with fewer rights (hostile review) -----------------------------------------
+
+
+@pytest.fixture
+def acl() -> Iterator[RedisServer]:
+    """A server of this test's own with two restricted ACL users: `noscript` may run any
+    command but scripts; `elsewhere` may touch keys under `other:*` only."""
+    with private_server() as server:
+        for rules in (
+            ("noscript", "on", ">pw", "~*", "&*", "+@all", "-evalsha", "-eval", "-script"),
+            ("elsewhere", "on", ">pw", "~other:*", "&*", "+@all"),
+        ):
+            assert server.command("ACL", "SETUSER", *rules) == b"+OK"
+        yield server
+
+
+def test_a_user_without_scripts_never_leaves_a_lease_to_expire(acl: RedisServer) -> None:
+    # SET NX takes the lease; its release is a script the user may not run. Every caller of
+    # the key then waited out the lease (10 s a call).
+    engine = RedisEngine(
+        CacheConfig(url=f"redis://noscript:pw@127.0.0.1:{acl.port}/0", folder_name="acl")
+    )
+    try:
+        token = engine.lease("k", 30)
+        assert token is not None
+        engine.release("k", token)
+        assert engine.lease("k", 30) is not None  # free again at once
+
+        async def in_a_loop() -> bool:
+            token = await engine.alease("j", 30)
+            assert token is not None
+            await engine.arelease("j", token)
+            return await engine.alease("j", 30) is not None
+
+        assert asyncio.run(in_a_loop())
+    finally:
+        engine.close()
+
+
+def test_a_user_refused_the_caches_keys_gets_a_credentials_error(acl: RedisServer) -> None:
+    engine = RedisEngine(
+        CacheConfig(url=f"redis://elsewhere:pw@127.0.0.1:{acl.port}/0", folder_name="acl")
+    )
+    try:
+        with pytest.raises(CredentialsError):
+            engine.clear()
+        with pytest.raises(CredentialsError):
+            engine.set("k", 1)
+        assert engine._breaker.failures == 0  # the server is fine: this user's rights
+    finally:
+        engine.close()

@@ -9,7 +9,12 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Generic, TypeVar
 
-from redis.exceptions import AuthenticationError, AuthorizationError, MaxConnectionsError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    MaxConnectionsError,
+    NoPermissionError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -44,7 +49,9 @@ _NO_CONNECTION: Final = ("No connection available.",)
 def not_the_servers(exc: BaseException, server: str) -> Exception | None:
     """The error to raise for `exc` when it is not a failure of the server (a wrong
     password, an exhausted pool), else None: then the server's breaker counts it."""
-    if isinstance(exc, AuthenticationError | AuthorizationError):
+    if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError):
+        # A wrong password, or an ACL user refused a command or a key: this cache's
+        # configuration, not the server's health.
         return CredentialsError(f"{server} refused this cache's credentials: {exc}")
     if isinstance(exc, MaxConnectionsError) or (
         isinstance(exc, RedisConnectionError) and exc.args == _NO_CONNECTION

@@ -14,7 +14,7 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -53,6 +53,9 @@ _MAX_VALUE_SETTING = "proto-max-bulk-len"
 _DEFAULT_MAX_VALUE = 512 * 1024 * 1024
 _ALWAYS_TAKEN = 1024 * 1024
 _DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+#: What `_call` turns into a twat-cache error: the server down (its breaker counts it), or
+#: refusing this cache's ACL user a command or key (a `CredentialsError`, not counted).
+_MAPPED = (*_DOWN, NoPermissionError)
 
 
 def key_space(name: str) -> str:
@@ -186,7 +189,7 @@ class RedisEngine(SerializingEngine):
         breaker.check()
         try:
             result = operation(*args, **kwargs)
-        except _DOWN as exc:
+        except _MAPPED as exc:
             raise self._failure(exc) from exc
         if breaker.failures:
             breaker.succeeded()
@@ -197,7 +200,7 @@ class RedisEngine(SerializingEngine):
         breaker.check()
         try:
             result = await operation(*args, **kwargs)
-        except _DOWN as exc:
+        except _MAPPED as exc:
             raise self._failure(exc) from exc
         if breaker.failures:
             breaker.succeeded()
@@ -348,13 +351,24 @@ class RedisEngine(SerializingEngine):
         except BaseException as exc:
             if reply_lost(exc):
                 with contextlib.suppress(Exception):
-                    self._scripts["release"](keys=(lease_key,), args=(token,))
+                    self._release(lease_key, token)
             raise
         return token if taken else None
 
     def release(self, key: Any, token: str) -> None:
         """Give back a lease taken with `lease` (only if it is still this token's)."""
-        self._call(self._scripts["release"], keys=(self._lease_key(key),), args=(token,))
+        self._call(self._release, self._lease_key(key), token)
+
+    def _release(self, lease_key: str, token: str) -> None:
+        try:
+            self._scripts["release"](keys=(lease_key,), args=(token,))
+        except NoPermissionError:
+            # An ACL user allowed SET but not scripts: compare and delete in two commands.
+            # Between them the lease may expire and another process take it; deleting that
+            # one costs a second computation, never a wrong value. Without it every caller
+            # of the key would wait out the lease.
+            if self._client.get(lease_key) == token.encode():
+                self._client.delete(lease_key)
 
     def _lease_key(self, key: Any) -> str:
         return self._leases + self.key_text(key)
@@ -427,15 +441,22 @@ class RedisEngine(SerializingEngine):
         except BaseException as exc:
             if reply_lost(exc):  # cancelled or timed out: release what may have been taken
                 with contextlib.suppress(Exception):  # else the lease expires by itself
-                    await shielded(scripts["release"](keys=(lease_key,), args=(token,)))
+                    await shielded(self._arelease(client, scripts, lease_key, token))
             raise
         return token if taken else None
 
     async def arelease(self, key: Any, token: str) -> None:
-        _, scripts = await self._aclient()
+        client, scripts = await self._aclient()
         # A holder cancelled while it releases (a second wait_for timeout) still releases.
-        release = scripts["release"]
-        await shielded(self._acall(release, keys=(self._lease_key(key),), args=(token,)))
+        lease_key = self._lease_key(key)
+        await shielded(self._acall(self._arelease, client, scripts, lease_key, token))
+
+    async def _arelease(self, client: Any, scripts: Any, lease_key: str, token: str) -> None:
+        try:
+            await scripts["release"](keys=(lease_key,), args=(token,))
+        except NoPermissionError:  # no scripts for this ACL user: see `_release`
+            if await client.get(lease_key) == token.encode():
+                await client.delete(lease_key)
 
     async def aclose(self) -> None:
         await self._loops.aclose_current()
