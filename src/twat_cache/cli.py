@@ -291,7 +291,7 @@ def _clear(args: argparse.Namespace) -> int:
             print(f"cleared {item['folder']}: {_entries(item['entries'])}")
     for error in errors:
         print(f"skipped: {error}", file=sys.stderr)
-    return 0
+    return 1 if errors else 0  # a folder left uncleared is an error, whatever else went
 
 
 def _prune(args: argparse.Namespace) -> int:
