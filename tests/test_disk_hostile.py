@@ -5,6 +5,7 @@ and `os.fork` while the parent keeps using the cache."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,12 @@ from _support import wait_child
 from twat_cache import CacheConfig, bcache, fcache
 from twat_cache.engines.diskcache import DiskCacheEngine
 from twat_cache.engines.joblib import JoblibEngine
-from twat_cache.exceptions import CacheFaultWarning, ConfigurationError, EngineError
+from twat_cache.exceptions import (
+    CacheError,
+    CacheFaultWarning,
+    ConfigurationError,
+    EngineError,
+)
 from twat_cache.paths import cache_root, folder_bytes
 
 pytest.importorskip("klepto")
@@ -513,3 +519,20 @@ def test_cli_clear_all_goes_on_past_a_held_database(
     assert "Traceback" not in err
     assert free.cache_info().currsize == 0
     assert held.cache_info().currsize == 1  # all or nothing
+
+
+@pytest.mark.parametrize("decorator", ["bcache", "fcache"])
+def test_a_folder_replaced_by_a_file_never_lets_a_raw_error_out(root: Path, decorator: str) -> None:
+    # cache_clear() raised a raw NotADirectoryError (fcache); calls still answer.
+    double, _ = counted(bcache if decorator == "bcache" else fcache, folder_name="replaced")
+    assert double(1) == 2
+    folder = double.cache_engine.directory
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheFaultWarning)
+        assert double(2) == 4
+        assert double.cache_info().currsize in (-1, 0)  # unknown or empty, not an exception
+        # A clear that cannot be done says so in twat-cache's own terms, or clears.
+        with contextlib.suppress(CacheError):
+            double.cache_clear()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twat_cache._callables import own_signature
@@ -13,6 +14,7 @@ from twat_cache._flight import CallState
 from twat_cache._types import CacheInfo
 from twat_cache.config import CacheConfig
 from twat_cache.engines.base import MISS, capabilities_of, engine_name
+from twat_cache.exceptions import CacheError, EngineError
 
 __all__ = ["attach", "publish"]
 
@@ -42,16 +44,18 @@ def attach(
 
     def cache_clear() -> None:
         """Remove every entry of this cache and reset its statistics."""
-        engine.clear()
+        with _as_cache_error("clear", name):
+            engine.clear()
         counts(True)
         state.reset()
 
     async def acache_clear() -> None:
         """`cache_clear` for async engines: awaits the engine's own clear."""
-        if async_engine:
-            await engine.aclear()
-        else:
-            engine.clear()
+        with _as_cache_error("clear", name):
+            if async_engine:
+                await engine.aclear()
+            else:
+                engine.clear()
         counts(True)
         state.reset()
 
@@ -65,13 +69,16 @@ def attach(
     def cache_delete(*args: Any, **kwargs: Any) -> bool:
         """Delete the entry these arguments would use; True if there was one."""
         check_self("cache_delete", args, kwargs)
-        return bool(engine.delete(key_of(*args, **kwargs)))
+        key = key_of(*args, **kwargs)
+        with _as_cache_error("delete", name):
+            return bool(engine.delete(key))
 
     async def acache_delete(*args: Any, **kwargs: Any) -> bool:
         """`cache_delete` for async engines."""
         check_self("acache_delete", args, kwargs)
         key = key_of(*args, **kwargs)
-        return bool(await engine.adelete(key) if async_engine else engine.delete(key))
+        with _as_cache_error("delete", name):
+            return bool(await engine.adelete(key) if async_engine else engine.delete(key))
 
     def cache_refresh(*args: Any, **kwargs: Any) -> Any:
         """Call the function again with these arguments and store the new result (for an
@@ -103,6 +110,19 @@ def attach(
         cache_engine=engine,
         cache_name=name,
     )
+
+
+@contextmanager
+def _as_cache_error(operation: str, name: str) -> Iterator[None]:
+    """A backend's own exception (an `OSError` of a folder replaced by a file, a database
+    driver's error) reaches the caller as an `EngineError` naming the cache; twat-cache's
+    own errors pass as they are."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except Exception as exc:
+        raise EngineError(f"cache {name!r} could not {operation}: {exc!r}") from exc
 
 
 def _no_check(attribute: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
