@@ -536,3 +536,25 @@ def test_a_folder_replaced_by_a_file_never_lets_a_raw_error_out(root: Path, deco
         # A clear that cannot be done says so in twat-cache's own terms, or clears.
         with contextlib.suppress(CacheError):
             double.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("decorator", "options"),
+    [("bcache", {}), ("bcache", {"cache_engine": "klepto"}), ("fcache", {})],
+    ids=["diskcache", "klepto", "joblib"],
+)
+def test_two_functions_on_one_folder_with_other_bounds_are_refused(
+    root: Path, decorator: str, options: dict[str, Any]
+) -> None:
+    # One folder has one bound: the smaller function's bound evicted the other's entries
+    # (all 10 recomputed). The second decoration is refused, naming what differs; the same
+    # settings share the folder as before.
+    cache = bcache if decorator == "bcache" else fcache
+    big, _ = counted(cache, folder_name="shared", maxsize="100MB", **options)
+    big(1)
+    with pytest.raises(ConfigurationError, match=r"folder_name='shared'.*maxsize"):
+        counted(cache, folder_name="shared", maxsize="500kB", **options)
+    manifest = json.loads((root / ".manifests" / "shared.json").read_text())
+    assert manifest["settings"]["maxsize"] == "100000000B"  # the live cache's, kept
+    twin, _ = counted(cache, folder_name="shared", maxsize="100MB", **options)
+    assert twin(1) == 2

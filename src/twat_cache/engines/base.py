@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
@@ -401,6 +403,14 @@ class SerializingEngine(BaseEngine):
 RECORD_MANIFESTS: ContextVar[bool] = ContextVar("twat_cache_record_manifests", default=True)
 
 
+class FolderSettingsError(ConfigurationError):
+    """Two caches of one process on one folder with different storage settings."""
+
+
+#: The persistent engines alive in this process, by folder.
+_OPEN: dict[str, weakref.WeakSet[Any]] = {}
+
+
 class PersistentEngine(SerializingEngine):
     """Plumbing for engines that store on disk: their private directory under the cache
     root and the default size bound, on top of `SerializingEngine`."""
@@ -439,6 +449,50 @@ class PersistentEngine(SerializingEngine):
         super().__init__(config)
         self._record_manifest()
 
+    def recorded_settings(self) -> dict[str, Any]:
+        """The settings that change how this engine stores, bounds or reads its folder (what
+        its manifest records)."""
+        config = self.config
+        settings = {name: getattr(config, name) for name in self._RECORDED}
+        if not config.maxsize_given:
+            del settings["maxsize"]  # the engine's default bound, whatever it is then
+        elif config.size_in_bytes:
+            settings["maxsize"] = f"{int(config.maxsize or 0)}B"  # bytes, not entries
+        return settings
+
+    def claim_folder(self) -> None:
+        """For a cache a decorator or `CacheContext` builds (the manager calls it): a folder
+        has one bound and one way of storing, and two caches of this process on it with
+        other settings (two functions sharing a `folder_name` with different `maxsize`)
+        would evict each other's entries by their own bound. Refused. (Tools opening a
+        folder directly, as another process would, are not held to it.)"""
+        mine = self.recorded_settings()
+        key = str(self.directory)
+        for attempt in range(2):
+            clash = [
+                other
+                for other in _OPEN.get(key, ())
+                if other.name == self.name and other.recorded_settings() != mine
+            ]
+            if not clash:
+                break
+            if attempt == 0:
+                gc.collect()  # an earlier definition, redefined (a notebook cell run again)
+        else:
+            theirs = clash[0].recorded_settings()
+            differ = ", ".join(
+                f"{name}={theirs.get(name)!r} there, {mine.get(name)!r} here"
+                for name in sorted(set(theirs) | set(mine))
+                if theirs.get(name) != mine.get(name)
+            )
+            clash[0]._record_manifest()  # building this one wrote its own settings there
+            raise FolderSettingsError(
+                f"folder_name={self.directory.name!r} is already open in this process with "
+                f"other settings ({differ}): a folder has one bound and one way of storing; "
+                f"give this cache another folder_name, or the same settings"
+            )
+        _OPEN.setdefault(key, weakref.WeakSet()).add(self)
+
     #: The directory under the cache root holding, per cache folder, a file naming its
     #: engine and the settings it was opened with, so that tools (`twat-cache stats`,
     #: `prune`, `clear`) open it the same way. Kept out of the folders themselves: those
@@ -468,14 +522,8 @@ class PersistentEngine(SerializingEngine):
 
         from twat_cache.paths import atomic_write, make_dirs_beneath
 
-        config = self.config
         path = self.manifest_path(self.directory)
-        settings = {name: getattr(config, name) for name in self._RECORDED}
-        if not config.maxsize_given:
-            del settings["maxsize"]  # the engine's default bound, whatever it is then
-        elif config.size_in_bytes:
-            settings["maxsize"] = f"{int(config.maxsize or 0)}B"  # bytes, not entries
-        manifest = {"engine": self.name, "settings": settings}
+        manifest = {"engine": self.name, "settings": self.recorded_settings()}
         if self._read_manifest_file(self.directory) == manifest:
             return  # else absent, unreadable or a link (replaced, never followed): write it
         try:

@@ -11,7 +11,12 @@ from typing import Any, cast
 
 from twat_cache._report import warn
 from twat_cache.config import CacheConfig
-from twat_cache.engines.base import NullEngine, capabilities_of, unsupported_by_capabilities
+from twat_cache.engines.base import (
+    FolderSettingsError,
+    NullEngine,
+    capabilities_of,
+    unsupported_by_capabilities,
+)
 from twat_cache.exceptions import ConfigurationError, EngineUnavailableError
 from twat_cache.logging import logger
 
@@ -185,6 +190,13 @@ class CacheEngineManager:
                 reasons[name] = reason or "unavailable"
                 logger.debug("engine {} skipped: {}", name, reason)
                 continue
+            claim = getattr(engine, "claim_folder", None)
+            if claim is not None:
+                try:
+                    claim()  # two caches of this process on one folder must agree
+                except FolderSettingsError:
+                    engine.close()
+                    raise
             chain_kind = preferred if preferred in CHAINS else kind
             if chain_kind in _PERSISTENT_KINDS and not capabilities_of(engine).persistent:
                 warn(  # one warning, naming every engine's reason, the preferred one's too
