@@ -558,3 +558,50 @@ def test_two_functions_on_one_folder_with_other_bounds_are_refused(
     assert manifest["settings"]["maxsize"] == "100000000B"  # the live cache's, kept
     twin, _ = counted(cache, folder_name="shared", maxsize="100MB", **options)
     assert twin(1) == 2
+
+
+_DISK = [("bcache", {}), ("bcache", {"cache_engine": "klepto"}), ("fcache", {})]
+
+
+@pytest.mark.parametrize(("decorator", "options"), _DISK, ids=["diskcache", "klepto", "joblib"])
+def test_a_folder_made_again_by_someone_else_is_checked_again(
+    root: Path, decorator: str, options: dict[str, Any]
+) -> None:
+    # Deleted, then made again world-writable by someone else: the engines kept writing
+    # there (fcache, klepto), though the checks made at creation refuse such a folder.
+    double, _ = counted(bcache if decorator == "bcache" else fcache, folder_name="again", **options)
+    assert double(1) == 2
+    folder = double.cache_engine.directory
+    shutil.rmtree(folder)
+    folder.mkdir()
+    folder.chmod(0o777)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheFaultWarning)
+        assert double(5) == 10  # the call answers; nothing is written there
+        assert double(6) == 12
+    assert os.listdir(folder) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes another user's link (needs root)")
+@pytest.mark.parametrize(("decorator", "options"), _DISK, ids=["diskcache", "klepto", "joblib"])
+def test_a_root_replaced_by_another_users_link_midrun_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decorator: str, options: dict[str, Any]
+) -> None:
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # as /tmp is
+    root = sticky / "cache"
+    monkeypatch.setenv("TWAT_CACHE_DIR", str(root))
+    double, _ = counted(bcache if decorator == "bcache" else fcache, folder_name="f", **options)
+    assert double(1) == 2
+    shutil.rmtree(root)
+    target = tmp_path / "theirs"
+    target.mkdir()
+    root.symlink_to(target)
+    os.lchown(root, 12345, 12345)  # another user's link where the root was
+    monkeypatch.setattr(type(double.cache_engine), "FOLDER_CHECK", 0.0, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheFaultWarning)
+        assert double(2) == 4
+        assert double(3) == 6
+    assert [p for p in target.rglob("*")] == []

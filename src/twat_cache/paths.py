@@ -308,6 +308,37 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Which file or directory `path` is now (device, inode); None if there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def looks_unsafe(directory: Path) -> bool:
+    """One `lstat`: whether `directory` is now a link, another user's, or writable by
+    others (made again by someone else since it was checked; a reused inode hides that
+    from a comparison of identities). A missing one is not: it is made again on write."""
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return False
+    if stat.S_ISLNK(info.st_mode):
+        return True
+    owner = hasattr(os, "getuid") and info.st_uid != os.getuid()
+    return owner or bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def recheck_folder(directory: Path) -> Path:
+    """A cache folder found deleted or replaced while in use: the root and the folder are
+    checked (and made, if missing) as when the cache was created. Whoever made them again in
+    the meantime, with other owners or modes, or a link of another user's, is refused."""
+    private_dir(directory.parent)
+    return private_dir(directory)
+
+
 def _check_link(path: Path, info: os.stat_result) -> None:
     """Refuse the link `path` (its lstat: `info`) unless this user or root made it, in a
     directory where no other user can replace it."""

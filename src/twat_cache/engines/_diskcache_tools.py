@@ -25,7 +25,6 @@ __all__ = [
     "Locked",
     "Query",
     "Shared",
-    "identity",
     "is_busy",
     "is_corrupt",
     "is_value_file",
@@ -82,15 +81,6 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
         return code & 0xFF in _BUSY_CODES
     message = str(exc)
     return "locked" in message or "busy" in message
-
-
-def identity(path: Path) -> tuple[int, int] | None:
-    """Which file `path` is now (device, inode); None if there is none."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
 
 
 def probe(database: Path, timeout: float) -> None:

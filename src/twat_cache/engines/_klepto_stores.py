@@ -31,21 +31,12 @@ from twat_cache.paths import (
 )
 from twat_cache.serializers import PayloadError
 
-__all__ = ["DirStore", "Entry", "SqlStore", "identity"]
+__all__ = ["DirStore", "Entry", "SqlStore"]
 
 #: What a forked child inherited of SqlStore's: its parent's SQLite connections, never
 #: used, closed or collected in the child (closing one may roll back what the parent is
 #: writing, through the rollback journal both see).
 _INHERITED: list[Any] = []
-
-
-def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """Which file or directory `path` is now (device, inode); None if there is none."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
 
 
 NAME = re.compile(r"[0-9a-f]{40}")  # entry names: a BLAKE2b-160 of the key, in hex

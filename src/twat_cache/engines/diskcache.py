@@ -22,7 +22,6 @@ from twat_cache.engines._diskcache_tools import (
     SHARED,
     Locked,
     Shared,
-    identity,
     is_busy,
     is_corrupt,
     live_entries,
@@ -32,7 +31,8 @@ from twat_cache.engines._diskcache_tools import (
 )
 from twat_cache.engines.base import MISS, PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
-from twat_cache.paths import folder_bytes, private_dir
+from twat_cache.paths import file_identity as identity
+from twat_cache.paths import folder_bytes, recheck_folder
 from twat_cache.serializers import PayloadError
 
 __all__ = ["DiskCacheEngine"]
@@ -171,7 +171,7 @@ class DiskCacheEngine(PersistentEngine):
             cache = self._cache
             if cache is not None and self._identity == identity(self._database):
                 return cache  # another thread reopened it meanwhile
-            private_dir(self.directory)
+            recheck_folder(self.directory)
             try:
                 fresh = self._open(self._settings, self.BUSY_TIMEOUT)
             except Locked as exc:

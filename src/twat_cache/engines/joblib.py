@@ -29,8 +29,10 @@ from twat_cache.paths import (
     atomic_write,
     cache_root,
     disk_usage,
+    file_identity,
     folder_bytes,
-    private_dir,
+    looks_unsafe,
+    recheck_folder,
     set_times,
 )
 from twat_cache.serializers import PayloadError, UnserializableError, get_secret, sign, verify
@@ -74,6 +76,10 @@ class JoblibEngine(PersistentEngine):
     TEMP_MAX_AGE: ClassVar[float] = 3600.0
     #: Seconds a data file without a record may wait for its writer to commit it.
     COMMIT_GRACE: ClassVar[float] = 60.0
+    #: Seconds between a writer's checks that its folder is the one it opened: a folder
+    #: deleted and made again by someone else is checked as at creation. One stat, next to
+    #: the files every write makes: checked on each write.
+    FOLDER_CHECK: ClassVar[float] = 0.0
 
     @classmethod
     def unsupported(cls, config: CacheConfig) -> str | None:
@@ -88,6 +94,8 @@ class JoblibEngine(PersistentEngine):
         writers left, entries over the bound): for tools that read the folder or report
         what their own `prune` removes."""
         super().__init__(config)
+        self._opened = file_identity(self.directory)
+        self._checked_at = time.monotonic()
         self._secret = get_secret(cache_root()) if self.config.secure else None
         self._compress: Any = _COMPRESSION.get(self.config.compress or "", 0)
         self._touch = self.config.policy == "lru"
@@ -218,6 +226,12 @@ class JoblibEngine(PersistentEngine):
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         ttl = self._check_ttl(ttl)
+        now = time.monotonic()
+        if now - self._checked_at >= self.FOLDER_CHECK:
+            self._checked_at = now
+            moved = file_identity(self.directory) not in (self._opened, None)
+            if moved or looks_unsafe(self.directory):
+                self._recreate()  # made again by someone else meanwhile: checked anew
         try:
             self._write(key, value, ttl)
         except FileNotFoundError:
@@ -229,7 +243,8 @@ class JoblibEngine(PersistentEngine):
     def _recreate(self) -> None:
         """The folder was deleted (to clear the cache, say): make it again, with the checks
         it was created with, and start the accounting afresh."""
-        private_dir(self.directory)
+        recheck_folder(self.directory)
+        self._opened = file_identity(self.directory)
         self._record_manifest()  # gone too if the whole root was deleted
         with self._evicting:
             self._queue.clear()

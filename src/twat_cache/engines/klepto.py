@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import random
 import sqlite3
 import struct
@@ -18,10 +17,11 @@ from pydantic import ByteSize
 from twat_cache._fork import gated, reset_in_child
 from twat_cache.config import CacheConfig
 from twat_cache.engines._evictions import EvictionQueue
-from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore, identity
+from twat_cache.engines._klepto_stores import DirStore, Entry, SqlStore
 from twat_cache.engines.base import PersistentEngine, persistent_capabilities
 from twat_cache.exceptions import EngineError
-from twat_cache.paths import folder_bytes, private_dir
+from twat_cache.paths import file_identity as identity
+from twat_cache.paths import folder_bytes, recheck_folder
 from twat_cache.serializers import PayloadError
 
 __all__ = ["KleptoEngine"]
@@ -100,9 +100,8 @@ class KleptoEngine(PersistentEngine):
         self._checked_at = time.monotonic()
         if identity(self._archive) == self._opened:
             return
-        if not os.path.isdir(self.directory):
-            private_dir(self.directory)
-            self._record_manifest()  # gone too if the whole root was deleted
+        recheck_folder(self.directory)  # deleted, or made again by someone: checked anew
+        self._record_manifest()  # gone too if the whole root was deleted
         self._store.reopen()
         self._opened = identity(self._archive)
         self._queue.clear()
