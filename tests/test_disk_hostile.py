@@ -345,6 +345,34 @@ def test_root_link_owned_by_another_user_is_refused(
     assert list(mine.iterdir()) == []
 
 
+@pytest.mark.parametrize("way", ["a parent", "a chain"])
+def test_another_users_link_anywhere_on_the_way_to_the_root_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    # Only the root itself was checked: /tmp/app/cache with /tmp/app another user's link,
+    # or a link of one's own to another user's link, were followed (hostile review).
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    planted = sticky / "planted"
+    planted.symlink_to(theirs)
+    try:
+        os.lchown(planted, 12345, 12345)
+    except PermissionError:
+        pytest.skip("not root: cannot make a link owned by another user")
+    if way == "a parent":
+        root = planted / "cache"
+    else:
+        root = tmp_path / "my-link"
+        root.symlink_to(planted)
+    monkeypatch.setenv("TWAT_CACHE_DIR", str(root))
+    with pytest.raises(ConfigurationError, match="symbolic link owned by another user"):
+        cache_root()
+    assert list(theirs.iterdir()) == []
+
+
 @pytest.mark.parametrize(("mode", "refused"), [(0o777, True), (0o1777, False), (0o755, False)])
 def test_root_link_in_a_directory_others_can_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int, refused: bool

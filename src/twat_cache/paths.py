@@ -284,6 +284,7 @@ def private_dir(path: Path) -> Path:
     sticky as /tmp is). Another user's link in /tmp could otherwise point the cache at any
     directory this user owns (its files would be written, read and removed there).
     """
+    _check_links_on_the_way(path.parent)
     try:
         make_private_dirs(path)
         info = path.lstat()
@@ -291,6 +292,7 @@ def private_dir(path: Path) -> Path:
         raise ConfigurationError(f"cannot create the cache directory {path}: {exc}") from exc
     if stat.S_ISLNK(info.st_mode):
         _check_link(path, info)
+        _check_links_on_the_way(path.parent / os.readlink(path))
         info = path.stat()
     if not stat.S_ISDIR(info.st_mode):
         raise ConfigurationError(f"the cache path {path} exists and is not a directory")
@@ -337,6 +339,34 @@ def recheck_folder(directory: Path) -> Path:
     the meantime, with other owners or modes, or a link of another user's, is refused."""
     private_dir(directory.parent)
     return private_dir(directory)
+
+
+def _check_links_on_the_way(path: Path) -> None:
+    """Check every link met on the way to `path` (its parents' components, and the links
+    those lead to), as `_check_link` checks the last one: another user's link anywhere on
+    the way (`/tmp/app` in `/tmp/app/cache`, or a link of one's own to another user's link)
+    would point the cache wherever that user wants."""
+    pending = list(path.absolute().parts)
+    walked = Path(pending.pop(0)) if pending else Path("/")
+    hops = 0
+    while pending:
+        walked = walked / pending.pop(0)
+        try:
+            info = walked.lstat()
+        except OSError:
+            return  # missing from here on: made by this user, privately
+        if not stat.S_ISLNK(info.st_mode):
+            continue
+        _check_link(walked, info)
+        hops += 1
+        if hops > 40:
+            raise ConfigurationError(f"the cache path {path} goes through too many links")
+        target = Path(os.readlink(walked))
+        parts = [*target.parts, *pending]
+        if target.is_absolute():  # from the root again
+            walked, pending = Path(parts[0]), parts[1:]
+        else:  # from the link's own directory
+            walked, pending = walked.parent, parts
 
 
 def _check_link(path: Path, info: os.stat_result) -> None:
