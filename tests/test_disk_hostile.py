@@ -6,6 +6,7 @@ and `os.fork` while the parent keeps using the cache."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -245,6 +246,9 @@ def test_another_engine_does_not_take_over_a_folder_with_entries(root: Path) -> 
         counted(bcache, folder_name="owned", cache_engine="klepto")
     assert manifest_engine(root, "owned") == "diskcache"
     first.cache_clear()
+    first.cache_engine.close()
+    del first  # gone from this process, as in a later run (a live one keeps the folder)
+    gc.collect()
     other, _ = counted(bcache, folder_name="owned", cache_engine="klepto")
     assert other.cache_engine.name == "klepto"
     assert manifest_engine(root, "owned") == "klepto"
@@ -633,3 +637,14 @@ def test_a_root_replaced_by_another_users_link_midrun_is_not_followed(
         assert double(2) == 4
         assert double(3) == 6
     assert [p for p in target.rglob("*")] == []
+
+
+def test_another_engine_is_refused_a_folder_a_live_cache_of_the_process_uses(root: Path) -> None:
+    # The folder was empty, so its manifest let klepto take it, while the diskcache cache
+    # of g kept writing its own store there: `twat-cache clear` cleared klepto's entries
+    # only, and g's stale entry was served after it (hostile review).
+    g, _ = counted(bcache, folder_name="mix")
+    g(1)
+    g.cache_delete(1)  # the folder holds no entries now
+    with pytest.raises(ConfigurationError, match=r"engine='diskcache' there, 'klepto' here"):
+        counted(bcache, folder_name="mix", cache_engine="klepto")

@@ -462,9 +462,10 @@ class PersistentEngine(SerializingEngine):
 
     def claim_folder(self) -> None:
         """For a cache a decorator or `CacheContext` builds (the manager calls it): a folder
-        has one bound and one way of storing, and two caches of this process on it with
-        other settings (two functions sharing a `folder_name` with different `maxsize`)
-        would evict each other's entries by their own bound. Refused. (Tools opening a
+        has one engine, one bound and one way of storing, and two caches of this process on
+        it with another engine or other settings (two functions sharing a `folder_name`
+        with different `maxsize`) would evict each other's entries by their own bound, or
+        keep entries a clear of the other's store never sees. Refused. (Tools opening a
         folder directly, as another process would, are not held to it.)"""
         mine = self.recorded_settings()
         key = str(self.directory)
@@ -472,14 +473,16 @@ class PersistentEngine(SerializingEngine):
             clash = [
                 other
                 for other in _OPEN.get(key, ())
-                if other.name == self.name and other.recorded_settings() != mine
+                if other is not self
+                and (other.name != self.name or other.recorded_settings() != mine)
             ]
             if not clash:
                 break
             if attempt == 0:
                 gc.collect()  # an earlier definition, redefined (a notebook cell run again)
         else:
-            theirs = clash[0].recorded_settings()
+            theirs = {"engine": clash[0].name, **clash[0].recorded_settings()}
+            mine = {"engine": self.name, **mine}
             differ = ", ".join(
                 f"{name}={theirs.get(name)!r} there, {mine.get(name)!r} here"
                 for name in sorted(set(theirs) | set(mine))
