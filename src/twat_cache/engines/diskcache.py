@@ -448,6 +448,7 @@ class DiskCacheEngine(PersistentEngine):
     def close(self) -> None:
         """Close this thread's database connection (diskcache opens one per thread; the
         others close with their threads). Idempotent; a later call reopens lazily."""
+        self.release_folder()
         if self._cache is not None:
             self._cache.close()
 

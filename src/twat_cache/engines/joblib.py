@@ -424,7 +424,9 @@ class JoblibEngine(PersistentEngine):
         return len(listing.records) - self._expire(listing, time.time())
 
     def close(self) -> None:
-        """Nothing is held open between operations."""
+        """Nothing is held open between operations; the folder is released (see
+        `release_folder`)."""
+        self.release_folder()
 
     # --- bounds -------------------------------------------------------------------------
 

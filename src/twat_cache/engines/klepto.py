@@ -320,5 +320,6 @@ class KleptoEngine(PersistentEngine):
 
     @gated
     def close(self) -> None:
+        self.release_folder()
         with self._lock:
             self._store.close()
