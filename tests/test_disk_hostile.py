@@ -582,13 +582,25 @@ def test_two_functions_on_one_folder_with_other_bounds_are_refused(
     # (all 10 recomputed). The second decoration is refused, naming what differs; the same
     # settings share the folder as before.
     cache = bcache if decorator == "bcache" else fcache
-    big, _ = counted(cache, folder_name="shared", maxsize="100MB", **options)
+
+    @cache(folder_name="shared", maxsize="100MB", **options)
+    def big(x: int) -> int:
+        return x * 2
+
     big(1)
     with pytest.raises(ConfigurationError, match=r"folder_name='shared'.*maxsize"):
-        counted(cache, folder_name="shared", maxsize="500kB", **options)
+
+        @cache(folder_name="shared", maxsize="500kB", **options)
+        def small(x: int) -> int:
+            return x * 3
+
     manifest = json.loads((root / ".manifests" / "shared.json").read_text())
     assert manifest["settings"]["maxsize"] == "100000000B"  # the live cache's, kept
-    twin, _ = counted(cache, folder_name="shared", maxsize="100MB", **options)
+
+    @cache(folder_name="shared", maxsize="100MB", **options)
+    def twin(x: int) -> int:
+        return x * 2
+
     assert twin(1) == 2
 
 
@@ -643,8 +655,27 @@ def test_another_engine_is_refused_a_folder_a_live_cache_of_the_process_uses(roo
     # The folder was empty, so its manifest let klepto take it, while the diskcache cache
     # of g kept writing its own store there: `twat-cache clear` cleared klepto's entries
     # only, and g's stale entry was served after it (hostile review).
-    g, _ = counted(bcache, folder_name="mix")
+    @bcache(folder_name="mix")
+    def g(x: int) -> int:
+        return x
+
     g(1)
     g.cache_delete(1)  # the folder holds no entries now
     with pytest.raises(ConfigurationError, match=r"engine='diskcache' there, 'klepto' here"):
-        counted(bcache, folder_name="mix", cache_engine="klepto")
+
+        @bcache(folder_name="mix", cache_engine="klepto")
+        def h(x: int) -> int:
+            return -x
+
+
+def test_a_function_defined_again_with_other_settings_takes_its_folder_over(root: Path) -> None:
+    # A notebook cell run again: the new definition is decorated while the old one is still
+    # bound. That is the same function changing its settings, not two caches disagreeing.
+    namespace: dict[str, Any] = {"bcache": bcache}
+    for bound in (100, 2):
+        exec(
+            f"@bcache(folder_name='cell', maxsize={bound})\ndef lookup(x):\n    return x * 2\n",
+            namespace,
+        )
+        assert namespace["lookup"](3) == 6
+    assert namespace["lookup"].cache_parameters()["maxsize"] == 2

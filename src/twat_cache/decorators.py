@@ -193,7 +193,7 @@ def _apply(kind: str | None, decorator: str, func: Any, config: CacheConfig) -> 
         config = config.merged(folder_name=default_folder(*folder_names(func)))
     name = registry.reserve(config.name or describe(func))
     try:
-        engine = get_manager().select(kind, config, is_async=is_async)
+        engine = get_manager().select(kind, config, is_async=is_async, function=describe(func))
         if config.l1_maxsize is None:
             wrapper = wrap(func, engine, config, name=name, is_async=is_async)
         else:

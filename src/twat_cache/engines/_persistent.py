@@ -176,13 +176,16 @@ class PersistentEngine(SerializingEngine):
         if live is not None:
             live.discard(self)
 
-    def claim_folder(self) -> None:
+    def claim_folder(self, owner: str | None = None) -> None:
         """For a cache a decorator or `CacheContext` builds (the manager calls it): a folder
         has one engine, one bound and one way of storing, and two caches of this process on
         it with another engine or other settings (two functions sharing a `folder_name`
         with different `maxsize`) would evict each other's entries by their own bound, or
         keep entries a clear of the other's store never sees. Refused. (Tools opening a
-        folder directly, as another process would, are not held to it.)"""
+        folder directly, as another process would, are not held to it.) A cache of the
+        same `owner` (a function defined again, as a notebook cell run again does, while
+        its old definition is still bound) replaces the old one instead."""
+        self._owner = owner
         mine = self.recorded_settings()
         key = str(self.directory)
         for attempt in range(2):
@@ -190,6 +193,7 @@ class PersistentEngine(SerializingEngine):
                 other
                 for other in _OPEN.get(key, ())
                 if other is not self
+                and (owner is None or getattr(other, "_owner", None) != owner)
                 and (other.name != self.name or other.recorded_settings() != mine)
             ]
             if not clash:

@@ -152,13 +152,23 @@ class CacheEngineManager:
 
     # --- selection --------------------------------------------------------------------
 
-    def select(self, kind: str, config: CacheConfig, *, is_async: bool = False) -> Any:
+    def select(
+        self,
+        kind: str,
+        config: CacheConfig,
+        *,
+        is_async: bool = False,
+        function: str | None = None,
+    ) -> Any:
         """Build the engine serving `config` for a kind of cache ('memory', 'async'...).
 
         `config.cache_engine` names an engine (tried first) or an alias (its chain replaces
         the kind's). An unknown name raises `ConfigurationError`; a known engine that is
         unavailable falls back along the chain with one warning. Async-only engines serve
-        only when `is_async` (the cached function is an `async def`).
+        only when `is_async` (the cached function is an `async def`). `function` names the
+        cached function, if any: a persistent folder a live cache of another function (or
+        another cache without one) uses with other settings is refused
+        (`FolderSettingsError`); the same function defined again takes it over.
         """
         is_async = is_async or kind == "async"
         self.check_name(config.cache_engine)
@@ -193,7 +203,7 @@ class CacheEngineManager:
             claim = getattr(engine, "claim_folder", None)
             if claim is not None:
                 try:
-                    claim()  # two caches of this process on one folder must agree
+                    claim(function)  # two caches of this process on one folder must agree
                 except FolderSettingsError:
                     engine.close()
                     raise
