@@ -322,6 +322,11 @@ def wrap(
             return stable_key((key,), None)
         return key if type(key) in fast else norm(key)
 
+    def readers() -> tuple[Any, Any]:
+        # The engine's read and write, taken again if it replaces its store (`_bypass.rebind`).
+        return _reader(engine, capabilities, is_async), put_of(engine)
+
+    get, put = readers()
     plan.namespace.update(
         # The builtins the generated code uses, under private names: a parameter named
         # `type` or `map` must not change what the key code calls.
@@ -331,9 +336,9 @@ def wrap(
         __twat_Exception=Exception,
         __twat_BaseException=BaseException,
         __twat_func=func,
-        __twat_get=_reader(engine, capabilities, is_async),
-        __twat_put=put_of(engine),
-        __twat_readers=lambda: (_reader(engine, capabilities, is_async), put_of(engine)),
+        __twat_get=get,
+        __twat_put=put,
+        __twat_readers=readers,
         __twat_ident=get_ident,
         __twat_flights=state.flights,
         __twat_waiting=state.waiting,

@@ -188,25 +188,27 @@ class PersistentEngine(SerializingEngine):
         self._owner = owner
         mine = self.recorded_settings()
         key = str(self.directory)
-        for attempt in range(2):
-            clash = [
+
+        def clashing() -> list[Any]:
+            return [
                 other
                 for other in _OPEN.get(key, ())
                 if other is not self
                 and (owner is None or getattr(other, "_owner", None) != owner)
                 and (other.name != self.name or other.recorded_settings() != mine)
             ]
-            if not clash:
-                break
-            if attempt == 0:
-                gc.collect()  # an earlier definition, redefined (a notebook cell run again)
-        else:
+
+        clash = clashing()
+        if clash:
+            gc.collect()  # a cache whose function was dropped but not collected yet
+            clash = clashing()
+        if clash:
             theirs = {"engine": clash[0].name, **clash[0].recorded_settings()}
-            mine = {"engine": self.name, **mine}
+            ours = {"engine": self.name, **mine}
             differ = ", ".join(
-                f"{name}={theirs.get(name)!r} there, {mine.get(name)!r} here"
-                for name in sorted(set(theirs) | set(mine))
-                if theirs.get(name) != mine.get(name)
+                f"{name}={theirs.get(name)!r} there, {ours.get(name)!r} here"
+                for name in sorted(set(theirs) | set(ours))
+                if theirs.get(name) != ours.get(name)
             )
             clash[0]._record_manifest()  # building this one wrote its own settings there
             raise FolderSettingsError(

@@ -89,9 +89,9 @@ class KleptoEngine(PersistentEngine):
             logger.debug("klepto: the sweep at open failed: {!r}", exc)
 
     def after_fork(self) -> None:
-        """In a forked child: a new lock (a thread of the parent may have held it at the
-        fork) and the store's own connections (SQL archive)."""
-        self._lock = threading.RLock()
+        """In a forked child: a new lock (`BaseEngine.after_fork`: a thread of the parent
+        may have held it at the fork) and the store's own connections (SQL archive)."""
+        super().after_fork()
         self._store.after_fork()
 
     def _check_archive(self) -> None:
